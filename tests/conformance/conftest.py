@@ -2,14 +2,24 @@
 
 A test asks for ``make_layer`` and calls ``await make_layer(capacity=3, expiry=1)``:
 it gets an open, empty layer with those URL parameters, closed after the test. Adding a
-layer = adding a ``pytest.param`` to ``LAYERS`` plus a branch in ``_base_url``.
+layer = adding a ``pytest.param`` to ``LAYERS`` plus a branch in ``_base_url`` (and, for
+a layer that may not be installed, a line in ``_MODULES`` so it skips with a reason).
+
+The suite tests the public contract only (``csp_bus/layers/base.py`` and DESIGN.md
+section 3): no test here may look at a layer's private attributes.
+
+A test that found a bug in one layer calls ``known_bug(layer_kind, "memory", "...")``: the
+test stays in the suite, marked as an expected failure of that layer only (strict, so
+that the fix turns it into a failure until the marker is removed).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -20,12 +30,31 @@ LAYERS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
 
+#: layer kind -> the module that must import for the kind to run at all.
+_MODULES = {"redis": "csp_bus.layers.redis"}
+
 MakeLayer = Callable[..., Awaitable[ChannelLayer]]
+
+
+def _skip_if_not_installed(kind: str) -> None:
+    module = _MODULES.get(kind)
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Only the layer's own module missing is a skip; a layer whose module exists but
+        # fails to import (a missing dependency inside it, a syntax error) must fail.
+        if exc.name != module:
+            raise
+        pytest.skip(f"the {kind} layer is not written yet: {module} does not exist")
 
 
 @pytest.fixture(params=LAYERS)
 def layer_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    kind = str(request.param)
+    _skip_if_not_installed(kind)
+    return kind
 
 
 def _base_url(kind: str, request: pytest.FixtureRequest) -> str:
@@ -34,14 +63,19 @@ def _base_url(kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url")) + "&"
 
 
+def _query(params: dict[str, Any]) -> str:
+    # Values are percent-quoted except the characters capacity patterns use, so that a
+    # URL reads as a user would write it (channel_capacity=http.request:2,ws.*:1).
+    return "&".join(f"{key}={quote(str(value), safe='*,:!?.-_')}" for key, value in params.items())
+
+
 @pytest.fixture
 async def make_layer(layer_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[MakeLayer]:
     base = _base_url(layer_kind, request)
     async with AsyncExitStack() as stack:
 
         async def make(**params: Any) -> ChannelLayer:
-            query = "&".join(f"{key}={value}" for key, value in params.items())
-            layer = await stack.enter_async_context(open_layer(base + query))
+            layer = await stack.enter_async_context(open_layer(base + _query(params)))
             await layer.flush()
             return layer
 
@@ -52,3 +86,15 @@ async def make_layer(layer_kind: str, request: pytest.FixtureRequest) -> AsyncIt
 async def layer(make_layer: MakeLayer) -> ChannelLayer:
     """A layer with default options."""
     return await make_layer()
+
+
+@pytest.fixture
+def known_bug(request: pytest.FixtureRequest) -> Callable[[str, str, str], None]:
+    """``known_bug(layer_kind, "memory", "what is wrong, file:line")``: mark this test an
+    expected (strict) failure on that layer only."""
+
+    def mark(kind: str, buggy_kind: str, reason: str) -> None:
+        if kind == buggy_kind:
+            request.applymarker(pytest.mark.xfail(reason=f"BUG({buggy_kind}): {reason}"))
+
+    return mark
