@@ -39,7 +39,7 @@ from ..messages import (
     validate_receive_name,
     validate_send_name,
 )
-from .base import ChannelLayer
+from .base import ChannelLayer, Listener
 from .options import LayerOptions
 
 __all__ = ["MemoryLayer"]
@@ -60,11 +60,21 @@ class _Queue(deque[_Item]):
 
 
 class _Waiter:
-    __slots__ = ("keys", "task")
+    __slots__ = ("keys", "keyset", "task")
 
-    def __init__(self, task: trio.lowlevel.Task, keys: tuple[str, ...]) -> None:
+    def __init__(
+        self, task: trio.lowlevel.Task, keys: tuple[str, ...], keyset: frozenset[str]
+    ) -> None:
         self.task = task
         self.keys = keys
+        self.keyset = keyset
+
+
+# A receive on more keys than this waits as one "broad" waiter (O(1) to register) that
+# senders test by set membership, instead of registering on every key (O(keys)).
+_NARROW = 16
+
+_Selector = tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]
 
 
 class MemoryLayer(ChannelLayer):
@@ -87,10 +97,12 @@ class MemoryLayer(ChannelLayer):
         self._clock = clock
         self._queues: dict[str, _Queue] = {}
         self._waiters: dict[str, dict[_Waiter, None]] = {}
+        self._broad: dict[_Waiter, None] = {}
         self._room: dict[str, trio.Event] = {}
         self._groups: dict[str, dict[str, float]] = {}
         self._memberships: dict[str, set[str]] = {}
-        self._selectors: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._selectors: dict[tuple[str, ...], _Selector] = {}
+        self._last_selector: _Selector = ((), (), frozenset())
         self._capacities: dict[str, int] = {}
         self._closed = False
         self._ops = 0
@@ -143,8 +155,10 @@ class MemoryLayer(ChannelLayer):
     def _deliver(self, key: str, channel: str, payload: bytes, now: float) -> bool:
         """Hand ``payload`` to a waiting receiver or enqueue it; False when full."""
         waiters = self._waiters.get(key)
-        if waiters:
-            waiter = next(iter(waiters))
+        waiter = next(iter(waiters)) if waiters else None
+        if waiter is None and self._broad:
+            waiter = next((w for w in self._broad if key in w.keyset), None)
+        if waiter is not None:
             self._unregister(waiter)
             self._received += 1
             trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, payload)))
@@ -186,6 +200,11 @@ class MemoryLayer(ChannelLayer):
     # -- receiving ---------------------------------------------------------------------
 
     def _selector(self, channels: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+        # The same channels as last time (a listen() loop, a worker) is the common case;
+        # comparing tuples skips hashing a long one.
+        last = self._last_selector
+        if last[0] is channels or last[0] == channels:
+            return last[1], last[2]
         found = self._selectors.get(channels)
         if found is None:
             if not channels:
@@ -193,8 +212,9 @@ class MemoryLayer(ChannelLayer):
             keys = tuple(dict.fromkeys(validate_receive_name(name) for name in channels))
             if len(self._selectors) >= 1024:
                 self._selectors.clear()
-            found = self._selectors[channels] = (keys, frozenset(keys))
-        return found
+            found = self._selectors[channels] = (channels, keys, frozenset(keys))
+        self._last_selector = found
+        return found[1], found[2]
 
     def _pick(self, keys: tuple[str, ...], keyset: frozenset[str]) -> str | None:
         """The ready key among ``keys`` that was served least recently, or None."""
@@ -241,6 +261,9 @@ class MemoryLayer(ChannelLayer):
         return None
 
     def _unregister(self, waiter: _Waiter) -> None:
+        if len(waiter.keys) > _NARROW:
+            del self._broad[waiter]
+            return
         for key in waiter.keys:
             waiting = self._waiters[key]
             del waiting[waiter]
@@ -249,12 +272,20 @@ class MemoryLayer(ChannelLayer):
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
         keys, keyset = self._selector(channels)
+        return await self._receive_selected(keys, keyset)
+
+    async def _receive_selected(
+        self, keys: tuple[str, ...], keyset: frozenset[str]
+    ) -> tuple[str, Message]:
         await self._checkpoint()
         found = self._take(keys, keyset)
         if found is None:
-            waiter = _Waiter(trio.lowlevel.current_task(), keys)
-            for key in keys:
-                self._waiters.setdefault(key, {})[waiter] = None
+            waiter = _Waiter(trio.lowlevel.current_task(), keys, keyset)
+            if len(keys) > _NARROW:
+                self._broad[waiter] = None
+            else:
+                for key in keys:
+                    self._waiters.setdefault(key, {})[waiter] = None
 
             def abort(_: Any) -> trio.lowlevel.Abort:
                 self._unregister(waiter)
@@ -263,6 +294,12 @@ class MemoryLayer(ChannelLayer):
             found = await trio.lowlevel.wait_task_rescheduled(abort)
         channel, payload = found
         return channel, decode(payload)
+
+    def listen(self, *channels: str) -> _MemoryListener:
+        """As :meth:`ChannelLayer.listen`; the channels are checked once, not per message,
+        so listening on 1,000 channels costs what listening on one does."""
+        keys, keyset = self._selector(channels)
+        return _MemoryListener(self, keys, keyset)
 
     async def receive_nowait(self, *channels: str) -> tuple[str, Message] | None:
         keys, keyset = self._selector(channels)
@@ -359,7 +396,9 @@ class MemoryLayer(ChannelLayer):
             return
         self._closed = True
         waiters = {waiter for waiting in self._waiters.values() for waiter in waiting}
+        waiters.update(self._broad)
         self._waiters.clear()
+        self._broad.clear()
         for waiter in waiters:
             error = LayerClosed("the memory layer was closed while receiving")
             trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
@@ -402,3 +441,16 @@ class MemoryLayer(ChannelLayer):
             "messages_max_age": age,
             "capacity": self._capacity(key),
         }
+
+
+class _MemoryListener(Listener):
+    __slots__ = ("_keys", "_keyset", "_memory")
+
+    def __init__(self, layer: MemoryLayer, keys: tuple[str, ...], keyset: frozenset[str]) -> None:
+        super().__init__(layer, keys)
+        self._memory = layer
+        self._keys = keys
+        self._keyset = keyset
+
+    async def __anext__(self) -> tuple[str, Message]:
+        return await self._memory._receive_selected(self._keys, self._keyset)
