@@ -1,0 +1,384 @@
+"""Test helpers: drive consumers with messages over the memory layer, no sockets.
+
+:class:`HttpClient` sends ``http.request`` messages to a :class:`ViewConsumer` (or any
+``handle(content, bus)`` object) and collects the reply messages into a
+:class:`BusResponse`; it keeps cookies between requests like a browser, so sessions and
+logins work::
+
+    from csp_bus.adapters.django.testing import HttpClient
+
+    def test_home():
+        with HttpClient() as client:
+            response = client.get("/")
+            assert response.status == 200
+            assert b"Welcome" in response.content
+
+:class:`ConsumerClient` calls any consumer function with messages built like the
+WebSocket adapter's (``websocket.connect``/``receive``/``disconnect``) and returns what
+the consumer sent back on the reply channel. Both are synchronous, so they work in
+``django.test.TestCase`` and in plain pytest functions alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from csp_bus import sync
+from csp_bus.messages import new_channel_name
+
+from .conf import BusSettings
+from .handler import ViewConsumer
+
+__all__ = ["BusResponse", "ConsumerClient", "HttpClient", "TestMessage"]
+
+
+@dataclass
+class BusResponse:
+    """Every reply message of one request, and their sum."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        values = self.header_list(name)
+        return values[0] if values else None
+
+    def header_list(self, name: str) -> list[str]:
+        wanted = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == wanted]
+
+    @property
+    def cookies(self) -> SimpleCookie:
+        jar: SimpleCookie = SimpleCookie()
+        for value in self.header_list("set-cookie"):
+            jar.load(value)
+        return jar
+
+
+class _Bus:
+    """One memory layer on a private Trio loop, shared by a client's requests."""
+
+    def __init__(self, url: str) -> None:
+        self._stack = ExitStack()
+        self.url = url
+        self.bus: sync.SyncLayer | None = None
+
+    def __enter__(self) -> sync.SyncLayer:
+        self.bus = self._stack.enter_context(sync.connect(self.url))
+        return self.bus
+
+    def close(self) -> None:
+        self._stack.close()
+        self.bus = None
+
+
+class HttpClient:
+    """Sends ``http.request`` messages to a view consumer and reads the replies.
+
+    ``consumer`` defaults to a :class:`ViewConsumer` for the current Django project.
+    ``body_chunk_size``, when set, sends bodies larger than it through a ``body_channel``
+    in chunks of that size, as the HTTP adapter does for large uploads.
+    """
+
+    def __init__(
+        self,
+        consumer: Any = None,
+        *,
+        layer: str = "memory://",
+        body_chunk_size: int | None = None,
+        timeout: float = 10.0,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
+        server: tuple[str, int] = ("testserver", 80),
+    ) -> None:
+        self.consumer = consumer if consumer is not None else ViewConsumer(BusSettings())
+        self.body_chunk_size = body_chunk_size
+        self.timeout = timeout
+        self.client = client
+        self.server = server
+        self.cookies: SimpleCookie = SimpleCookie()
+        self._bus = _Bus(layer)
+        self._layer: sync.SyncLayer | None = None
+
+    def __enter__(self) -> HttpClient:
+        self._layer = self._bus.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bus.close()
+        self._layer = None
+
+    @property
+    def bus(self) -> sync.SyncLayer:
+        if self._layer is None:
+            raise RuntimeError("use the client in a with block: with HttpClient() as client")
+        return self._layer
+
+    def message(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: Iterable[tuple[str, str]] = (),
+        scheme: str = "http",
+        root_path: str = "",
+    ) -> dict[str, Any]:
+        """The ``http.request`` message the HTTP adapter would send for this request."""
+        parts = urlsplit(path)
+        header_list = [[b"host", self.server[0].encode()]]
+        header_list += [[k.lower().encode("latin-1"), v.encode("latin-1")] for k, v in headers]
+        if self.cookies and not any(k == b"cookie" for k, _ in header_list):
+            value = "; ".join(f"{m.key}={m.coded_value}" for m in self.cookies.values())
+            header_list.append([b"cookie", value.encode("latin-1")])
+        if body and not any(k == b"content-length" for k, _ in header_list):
+            header_list.append([b"content-length", str(len(body)).encode()])
+        return {
+            "reply_channel": new_channel_name("http.response.test!"),
+            "http_version": "1.1",
+            "method": method.upper(),
+            "scheme": scheme,
+            "path": parts.path or "/",
+            "query_string": parts.query.encode("latin-1"),
+            "root_path": root_path,
+            "headers": header_list,
+            "body": body,
+            "client": list(self.client),
+            "server": list(self.server),
+        }
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: Iterable[tuple[str, str]] = (),
+        scheme: str = "http",
+        root_path: str = "",
+    ) -> BusResponse:
+        """Send one request through the consumer; return the collected response."""
+        content = self.message(
+            method, path, body=body, headers=headers, scheme=scheme, root_path=root_path
+        )
+        chunks: list[bytes] = []
+        size = self.body_chunk_size
+        if size is not None and len(body) > size:
+            content["body"] = body[:size]
+            content["body_channel"] = self.bus.new_channel("http.request.body?")
+            chunks = [body[i : i + size] for i in range(size, len(body), size)]
+        response = self.send(content, chunks)
+        for morsel in response.cookies.values():
+            if morsel["max-age"] == "0" or (morsel["expires"] and morsel.value == ""):
+                self.cookies.pop(morsel.key, None)
+            else:
+                self.cookies[morsel.key] = morsel.value
+        return response
+
+    def send(self, content: dict[str, Any], chunks: Iterable[bytes] = ()) -> BusResponse:
+        """Run the consumer on ``content`` (body chunks follow on its ``body_channel``)."""
+        bus = self.bus
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.consumer.handle(content, bus)
+            except BaseException as exc:  # re-raised in the test's thread below
+                errors.append(exc)
+
+        # The consumer runs in its own thread, as under a worker, while this thread feeds
+        # the body and drains the replies (a big response would otherwise fill the reply
+        # channel and block the consumer for good).
+        thread = threading.Thread(target=run, name="csp-bus-test-consumer", daemon=True)
+        thread.start()
+        try:
+            pieces = list(chunks)
+            for index, piece in enumerate(pieces):
+                message = {"content": piece, "more_content": index < len(pieces) - 1}
+                bus.send_wait(content["body_channel"], message, timeout=self.timeout)
+            return self._collect(content["reply_channel"], thread, errors)
+        finally:
+            thread.join(self.timeout)
+
+    def _collect(
+        self, reply: str, thread: threading.Thread, errors: list[BaseException]
+    ) -> BusResponse:
+        messages: list[dict[str, Any]] = []
+        prefix = reply[: reply.index("!") + 1]
+        while True:
+            got = self.bus.receive(prefix, timeout=0.05)
+            if got is None:
+                if errors:
+                    raise errors[0]
+                if not thread.is_alive() and self.bus.receive_nowait(prefix) is None:
+                    raise AssertionError(
+                        f"the consumer finished without completing a response: {messages}"
+                    )
+                continue
+            messages.append(got[1])
+            if not got[1].get("more_content"):
+                break
+        first = messages[0]
+        return BusResponse(
+            status=first["status"],
+            headers=[(bytes(k), bytes(v)) for k, v in first.get("headers", [])],
+            content=b"".join(m.get("content", b"") for m in messages),
+            messages=messages,
+        )
+
+    def get(self, path: str, **kwargs: Any) -> BusResponse:
+        return self.request("GET", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> BusResponse:
+        return self.request("HEAD", path, **kwargs)
+
+    def post(
+        self,
+        path: str,
+        data: Mapping[str, str] | None = None,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> BusResponse:
+        """POST a form (``data``) or a raw ``body`` with ``content_type``."""
+        extra = list(headers)
+        if data is not None:
+            body = urlencode(data).encode()
+            content_type = content_type or "application/x-www-form-urlencoded"
+        if content_type:
+            extra.append(("content-type", content_type))
+        return self.request("POST", path, body=body, headers=extra, **kwargs)
+
+
+class TestMessage:
+    """What a worker hands a consumer: ``content``, ``channel``, ``reply_channel``, ``layer``.
+
+    A stand-in built by :class:`ConsumerClient`; it mirrors ``csp_bus.consumers.Message``'s
+    attributes that consumers use.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, channel: str, content: dict[str, Any], layer: sync.SyncLayer) -> None:
+        self.channel = channel
+        self.content = content
+        self.layer = layer
+        self.reply_channel = _ReplyChannel(content.get("reply_channel"), layer)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.content[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.content.get(key, default)
+
+
+class _ReplyChannel:
+    def __init__(self, name: str | None, layer: sync.SyncLayer) -> None:
+        self.name = name
+        self._layer = layer
+
+    def send(self, content: dict[str, Any]) -> None:
+        if self.name is None:
+            raise ValueError("this message has no reply_channel")
+        self._layer.send(self.name, content)
+
+
+class ConsumerClient:
+    """Calls consumers the way a worker does, and reads what they send back.
+
+    One client is one WebSocket connection (one reply channel, ``order`` counting up)::
+
+        with ConsumerClient(path="/chat/lobby/", cookies=client.cookies) as ws:
+            ws.send("websocket.connect", chat_connect)
+            assert ws.receive() == {"accept": True}
+            ws.send("websocket.receive", chat_message, text="hi")
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str = "/",
+        headers: Iterable[tuple[str, str]] = (),
+        cookies: SimpleCookie | None = None,
+        query_string: bytes = b"",
+        layer: str = "memory://",
+        message_factory: Callable[[str, dict[str, Any], sync.SyncLayer], Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.query_string = query_string
+        self.headers = [[k.lower().encode("latin-1"), v.encode("latin-1")] for k, v in headers]
+        if cookies:
+            value = "; ".join(f"{m.key}={m.coded_value}" for m in cookies.values())
+            self.headers.append([b"cookie", value.encode("latin-1")])
+        self.reply_channel = new_channel_name("websocket.send.test!")
+        self.order = 0
+        self._factory = message_factory or TestMessage
+        self._bus = _Bus(layer)
+        self._layer: sync.SyncLayer | None = None
+
+    def __enter__(self) -> ConsumerClient:
+        self._layer = self._bus.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bus.close()
+        self._layer = None
+
+    @property
+    def bus(self) -> sync.SyncLayer:
+        if self._layer is None:
+            raise RuntimeError("use the client in a with block")
+        return self._layer
+
+    def content(self, channel: str, **fields: Any) -> dict[str, Any]:
+        """The message the WebSocket adapter would send on ``channel``."""
+        base: dict[str, Any] = {"reply_channel": self.reply_channel, "path": self.path}
+        if channel == "websocket.connect":
+            self.order = 0
+            base.update(
+                scheme="ws",
+                query_string=self.query_string,
+                root_path="",
+                headers=self.headers,
+                client=["127.0.0.1", 50000],
+                server=["testserver", 80],
+            )
+        else:
+            self.order += 1
+        base["order"] = self.order
+        base.update(fields)
+        return base
+
+    def send(self, channel: str, consumer: Callable[..., Any], **fields: Any) -> None:
+        """Build the ``channel`` message and run ``consumer`` on it in this thread."""
+        content = self.content(channel, **fields)
+        consumer(self._factory(channel, content, self.bus))
+
+    def receive(self, timeout: float = 1.0) -> dict[str, Any] | None:
+        """The next message the consumer sent to this connection, or ``None``."""
+        got = self.bus.receive(
+            self.reply_channel[: self.reply_channel.index("!") + 1], timeout=timeout
+        )
+        return None if got is None else got[1]
+
+    def receive_all(self) -> Iterator[dict[str, Any]]:
+        """Every message waiting for this connection now."""
+        prefix = self.reply_channel[: self.reply_channel.index("!") + 1]
+        while (got := self.bus.receive_nowait(prefix)) is not None:
+            yield got[1]
