@@ -6,7 +6,9 @@ layer (and services in other languages, see ``docs/``) applies exactly the same 
 
 from __future__ import annotations
 
+import json
 import secrets
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -173,6 +175,11 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _key_path(path: str, key: object) -> str:
+    # message["items"][3]: str keys in double quotes, as JSON and Python both read them.
+    return f"{path}[{json.dumps(key) if isinstance(key, str) else repr(key)}]"
+
+
 def _walk(value: object, path: str, depth: int) -> None:
     # Recursion is bounded by msgpack's own nesting limit (512); deeper is refused here
     # with a path rather than a RecursionError later.
@@ -189,11 +196,11 @@ def _walk(value: object, path: str, depth: int) -> None:
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 raise InvalidMessage(
-                    f"{path}[{key!r}]",
+                    _key_path(path, key),
                     f"key of type {_type_name(key)} is not allowed (keys are str)",
                 )
             if type(item) not in _SCALARS:
-                _walk(item, f"{path}[{key!r}]", depth + 1)
+                _walk(item, _key_path(path, key), depth + 1)
         return
     if kind is list or kind is tuple:
         for index, item in enumerate(value):  # type: ignore[call-overload]
@@ -216,13 +223,50 @@ def validate_message(message: object) -> None:
     _walk(message, "message", 0)
 
 
-_packer_options: Final[dict[str, Any]] = {"use_bin_type": True, "datetime": False}
+class _Unsupported(Exception):
+    """Raised by the packer's ``default`` hook: the walker then names the bad value."""
+
+
+def _default(value: object) -> object:
+    if type(value) is tuple:
+        return list(value)
+    raise _Unsupported
+
+
+_FLAT: Final = frozenset({str, bytes, bool, float, int, type(None)})
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # One Packer per thread: Packer.pack is several times faster than packb, but a Packer
+    # is not safe to share between threads (its default hook runs Python code).
+    try:
+        return _local.packer  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.packer = msgpack.Packer(
+            use_bin_type=True, datetime=False, strict_types=True, default=_default
+        )
+        return _local.packer  # type: ignore[no-any-return]
 
 
 def encode(message: Message, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
-    """Validate and serialize ``message``; refuse it when bigger than ``max_size``."""
-    validate_message(message)
-    payload = msgpack.packb(message, **_packer_options)
+    """Validate and serialize ``message``; refuse it when bigger than ``max_size``.
+
+    Hot path: a flat message (the common case) is checked by one loop over its items,
+    and msgpack's C code checks the value types exactly (``strict_types``); only nested
+    messages and failures go through the walker, which names the bad value's path.
+    """
+    if type(message) is not dict:
+        raise InvalidMessage("message", f"must be a dict, not {_type_name(message)}")
+    for key, value in message.items():
+        if type(key) is not str or type(value) not in _FLAT:
+            _walk(message, "message", 0)
+            break
+    try:
+        payload: bytes = _packer().pack(message)
+    except (_Unsupported, OverflowError, ValueError, TypeError) as exc:
+        _walk(message, "message", 0)  # raises InvalidMessage with the path
+        raise InvalidMessage("message", f"cannot be serialized: {exc}") from exc
     if len(payload) > max_size:
         raise MessageTooLarge(len(payload), max_size)
     return payload
@@ -239,4 +283,4 @@ def decode(payload: bytes) -> Message:
 
 def encode_unchecked(message: Mapping[str, Any]) -> bytes:
     """Serialize without validation: only for messages csp-bus built itself."""
-    return msgpack.packb(message, **_packer_options)
+    return _packer().pack(message)  # type: ignore[no-any-return]

@@ -4,14 +4,17 @@ Every layer subclasses :class:`ChannelLayer` and passes ``tests/conformance/``. 
 docstrings below are the contract: what each operation does, what it raises, and what
 cancellation means. Where a docstring and a layer disagree, the layer is wrong.
 
-Checkpoints. Every operation is a Trio *cancellation point*: it raises ``trio.Cancelled``
-when its scope is cancelled, and then it has had no effect (a cancelled ``receive``
-loses no message, a cancelled ``send`` either raised before enqueuing or not at all).
-Operations that need not wait (a ``send``, a ``receive`` that finds a message ready) are
-*schedule points* only every few calls, the way Go's buffered channel operations do not
-yield: a full Trio checkpoint costs more than a whole memory-layer send, and a loop that
-moves many messages should not pay it per message. Code that must yield calls
-``trio.lowlevel.checkpoint()`` itself.
+Checkpoints and cancellation. An operation either raises ``trio.Cancelled`` and had no
+effect (a cancelled ``receive`` took no message; a cancelled ``send`` enqueued nothing),
+or returns having had its whole effect: nothing is ever half done or lost. An operation
+that must wait (a ``receive`` on empty channels, ``send_wait`` on a full one) is always
+a checkpoint. One that need not wait (a ``send``, a ``receive`` that finds a message
+ready) is a full checkpoint -- cancellation and schedule point -- at least once every 32
+calls, the way Go's buffered channel operations do not yield: a Trio checkpoint costs
+more than a whole memory-layer send, and a loop that moves many messages should not pay
+it per message. So a tight loop of operations still notices cancellation and lets other
+tasks run within a bounded number of iterations; code that must yield or notice
+cancellation at one precise spot calls ``trio.lowlevel.checkpoint()`` itself.
 """
 
 from __future__ import annotations

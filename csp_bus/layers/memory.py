@@ -44,9 +44,9 @@ from .options import LayerOptions
 
 __all__ = ["MemoryLayer"]
 
-# A full Trio checkpoint (a trip through the scheduler) costs more than a whole send
-# here; operations that need not wait are cancellation points every time but schedule
-# points only once in _YIELD_EVERY calls (see the contract in base.py).
+# A Trio checkpoint (a trip through the scheduler) costs more than a whole send here;
+# operations that need not wait are checkpoints once in _YIELD_EVERY calls (see the
+# contract in base.py), like Go's buffered channel operations, which do not yield.
 _YIELD_EVERY = 32
 
 _Item = tuple[float, str, bytes]  # (expires_at, full channel name, payload)
@@ -104,6 +104,8 @@ class MemoryLayer(ChannelLayer):
         self._selectors: dict[tuple[str, ...], _Selector] = {}
         self._last_selector: _Selector = ((), (), frozenset())
         self._capacities: dict[str, int] = {}
+        self._expiry = self.options.expiry
+        self._max_size = self.options.max_message_size
         self._closed = False
         self._ops = 0
         self._served = 0
@@ -135,9 +137,7 @@ class MemoryLayer(ChannelLayer):
 
     async def _checkpoint(self) -> None:
         self._ops += 1
-        if self._ops % _YIELD_EVERY:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
+        if not self._ops % _YIELD_EVERY:
             await trio.lowlevel.checkpoint()
         if self._closed:
             raise LayerClosed("the memory layer is closed")
@@ -174,13 +174,18 @@ class MemoryLayer(ChannelLayer):
                 return False
             if key not in self._queues:  # purging emptied and removed it
                 self._queues[key] = queue
-        queue.append((now + self.options.expiry, channel, payload))
+        queue.append((now + self._expiry, channel, payload))
         return True
 
     async def send(self, channel: str, message: Message) -> None:
         key = validate_send_name(channel)
-        payload = encode(message, self.options.max_message_size)
-        await self._checkpoint()
+        payload = encode(message, self._max_size)
+        # _checkpoint(), inlined: this is the hot path.
+        self._ops += 1
+        if not self._ops % _YIELD_EVERY:
+            await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise LayerClosed("the memory layer is closed")
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
@@ -236,6 +241,8 @@ class MemoryLayer(ChannelLayer):
         return None
 
     def _take(self, keys: tuple[str, ...], keyset: frozenset[str]) -> tuple[str, bytes] | None:
+        if len(keys) == 1 and keys[0] not in self._queues:
+            return None  # the common miss, answered without reading the clock
         now = self._clock()
         while (key := self._pick(keys, keyset)) is not None:
             queue = self._queues[key]
@@ -272,28 +279,33 @@ class MemoryLayer(ChannelLayer):
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
         keys, keyset = self._selector(channels)
-        return await self._receive_selected(keys, keyset)
-
-    async def _receive_selected(
-        self, keys: tuple[str, ...], keyset: frozenset[str]
-    ) -> tuple[str, Message]:
-        await self._checkpoint()
+        # _checkpoint(), inlined: this is the hot path.
+        self._ops += 1
+        if not self._ops % _YIELD_EVERY:
+            await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise LayerClosed("the memory layer is closed")
         found = self._take(keys, keyset)
         if found is None:
-            waiter = _Waiter(trio.lowlevel.current_task(), keys, keyset)
-            if len(keys) > _NARROW:
-                self._broad[waiter] = None
-            else:
-                for key in keys:
-                    self._waiters.setdefault(key, {})[waiter] = None
+            found = await self._wait(keys, keyset)
+        return found[0], decode(found[1])
 
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                self._unregister(waiter)
-                return trio.lowlevel.Abort.SUCCEEDED
+    async def _wait(self, keys: tuple[str, ...], keyset: frozenset[str]) -> tuple[str, bytes]:
+        """Sleep until a sender hands this task a message (see ``_deliver``)."""
+        waiter = _Waiter(trio.lowlevel.current_task(), keys, keyset)
+        if len(keys) > _NARROW:
+            self._broad[waiter] = None
+        else:
+            for key in keys:
+                self._waiters.setdefault(key, {})[waiter] = None
 
-            found = await trio.lowlevel.wait_task_rescheduled(abort)
-        channel, payload = found
-        return channel, decode(payload)
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # Cancelled before any sender chose this waiter: unregister, so no sender
+            # can hand it a message any more. Nothing was taken, nothing is lost.
+            self._unregister(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     def listen(self, *channels: str) -> _MemoryListener:
         """As :meth:`ChannelLayer.listen`; the channels are checked once, not per message,
@@ -453,4 +465,9 @@ class _MemoryListener(Listener):
         self._keyset = keyset
 
     async def __anext__(self) -> tuple[str, Message]:
-        return await self._memory._receive_selected(self._keys, self._keyset)
+        layer = self._memory
+        await layer._checkpoint()
+        found = layer._take(self._keys, self._keyset)
+        if found is None:
+            found = await layer._wait(self._keys, self._keyset)
+        return found[0], decode(found[1])
