@@ -1,0 +1,1 @@
+"""The email adapter: SMTP in (``email.receive``), SMTP out (``email.send``)."""
