@@ -221,6 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"csp-bus: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"csp-bus: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

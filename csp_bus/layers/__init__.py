@@ -60,7 +60,7 @@ def layer_class(url: str) -> type[ChannelLayer]:
             f"the {scheme}:// layer cannot be loaded ({exc}); for redis:// install the "
             "extra: pip install 'csp-bus[redis]'"
         ) from exc
-    cls = getattr(module, attribute)
+    cls = getattr(module, attribute, None)
     if not (isinstance(cls, type) and issubclass(cls, ChannelLayer)):
         raise InvalidLayerURL(f"{target} (for {scheme}://) is not a ChannelLayer")
     return cls
