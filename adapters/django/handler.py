@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from django.conf import settings as django_settings
@@ -274,16 +274,13 @@ def encode_response(
     yield {"content": b"", "more_content": False}
 
 
-BusLookup = Callable[[Any], SyncBus]
-
-
 class ViewConsumer(base.BaseHandler):
     """The default consumer for ``http.request``: serves the Django project's views.
 
     Build one per worker process (loading the middleware is the costly part) and route
     ``http.request`` to it; the instance is thread-safe as Django's WSGI handler is.
-    ``bus`` returns the blocking layer for a message: by default the one the worker
-    attached to the message (``message.layer``).
+    Called as a consumer it uses the worker's layer (``csp_bus.consumers.current_context``);
+    :meth:`handle` takes the content and a blocking layer explicitly.
     """
 
     def __init__(self, settings: BusSettings | None = None) -> None:
@@ -341,10 +338,12 @@ class ViewConsumer(base.BaseHandler):
 
 
 def _bus_of(message: Any) -> SyncBus:
-    layer = getattr(message, "layer", None)
-    if layer is None:
-        raise TypeError(
-            "ViewConsumer needs the message's blocking layer (message.layer); run it "
-            "under csp_bus.worker.Worker or call ViewConsumer.handle(content, bus)"
+    from csp_bus.consumers import current_context
+
+    context = current_context()
+    if context is None:
+        raise RuntimeError(
+            "ViewConsumer runs inside a worker (no bus context here); outside one call "
+            "ViewConsumer.handle(content, bus) with a csp_bus.sync.SyncLayer"
         )
-    return layer  # type: ignore[no-any-return]
+    return context.sync

@@ -31,12 +31,13 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from csp_bus import sync
+from csp_bus.consumers import Message, using
 from csp_bus.messages import new_channel_name
 
 from .conf import BusSettings
 from .handler import ViewConsumer
 
-__all__ = ["BusResponse", "ConsumerClient", "HttpClient", "TestMessage"]
+__all__ = ["BusResponse", "ConsumerClient", "HttpClient"]
 
 
 @dataclass
@@ -266,41 +267,13 @@ class HttpClient:
         return self.request("POST", path, body=body, headers=extra, **kwargs)
 
 
-class TestMessage:
-    """What a worker hands a consumer: ``content``, ``channel``, ``reply_channel``, ``layer``.
-
-    A stand-in built by :class:`ConsumerClient`; it mirrors ``csp_bus.consumers.Message``'s
-    attributes that consumers use.
-    """
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, channel: str, content: dict[str, Any], layer: sync.SyncLayer) -> None:
-        self.channel = channel
-        self.content = content
-        self.layer = layer
-        self.reply_channel = _ReplyChannel(content.get("reply_channel"), layer)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.content[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.content.get(key, default)
-
-
-class _ReplyChannel:
-    def __init__(self, name: str | None, layer: sync.SyncLayer) -> None:
-        self.name = name
-        self._layer = layer
-
-    def send(self, content: dict[str, Any]) -> None:
-        if self.name is None:
-            raise ValueError("this message has no reply_channel")
-        self._layer.send(self.name, content)
-
-
 class ConsumerClient:
     """Calls consumers the way a worker does, and reads what they send back.
+
+    The consumer runs in the calling thread with a :class:`csp_bus.consumers.Message`,
+    inside ``csp_bus.consumers.using(bus)`` (so ``Channel``/``Group`` and
+    ``enforce_ordering`` use this client's layer). A consumer raising ``ConsumeLater``
+    raises it to the caller: the test decides what "later" means.
 
     One client is one WebSocket connection (one reply channel, ``order`` counting up)::
 
@@ -318,7 +291,6 @@ class ConsumerClient:
         cookies: SimpleCookie | None = None,
         query_string: bytes = b"",
         layer: str = "memory://",
-        message_factory: Callable[[str, dict[str, Any], sync.SyncLayer], Any] | None = None,
     ) -> None:
         self.path = path
         self.query_string = query_string
@@ -328,7 +300,6 @@ class ConsumerClient:
             self.headers.append([b"cookie", value.encode("latin-1")])
         self.reply_channel = new_channel_name("websocket.send.test!")
         self.order = 0
-        self._factory = message_factory or TestMessage
         self._bus = _Bus(layer)
         self._layer: sync.SyncLayer | None = None
 
@@ -368,7 +339,8 @@ class ConsumerClient:
     def send(self, channel: str, consumer: Callable[..., Any], **fields: Any) -> None:
         """Build the ``channel`` message and run ``consumer`` on it in this thread."""
         content = self.content(channel, **fields)
-        consumer(self._factory(channel, content, self.bus))
+        with using(self.bus):
+            consumer(Message(content, channel))
 
     def receive(self, timeout: float = 1.0) -> dict[str, Any] | None:
         """The next message the consumer sent to this connection, or ``None``."""
