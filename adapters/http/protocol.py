@@ -1,0 +1,425 @@
+"""Sans-IO HTTP/1.1 server core: h11 events <-> csp-bus HTTP messages (DESIGN.md 4).
+
+No sockets, no Trio: bytes go in with :meth:`HTTPServerProtocol.receive_data` (``b""``
+for end of input), events come out of :meth:`~HTTPServerProtocol.next_event`, and the
+``send_*`` methods return the bytes to write. The Trio glue (``server.py``) is one small
+loop around it; the tests drive it directly.
+
+Events, in order, for each request on a connection:
+
+* :class:`RequestHead` -- method, target, headers; what an ``http.request`` needs;
+* :class:`BodyData` (zero or more) -- request body bytes, de-chunked;
+* :class:`BodyEnd` -- the request is complete;
+
+and, between requests: :data:`NEED_DATA` (feed more bytes), :data:`PAUSED` (a pipelined
+request waits until the current response is sent and :meth:`start_next_cycle` called),
+:class:`ClientClosed` (end of input where a request may end).
+
+Errors: a client breaking the protocol raises :class:`HTTPProtocolError` (a
+``RemoteProtocolError``) whose ``status`` is the answer to give before closing:
+
+=====  ================================================================================
+400    malformed request line, headers or chunked framing; end of input mid-request
+413    body larger than ``max_body_size`` (from Content-Length before reading it, or
+       while reading a chunked body)
+431    request head larger than ``max_header_size``
+501    a Transfer-Encoding other than ``chunked`` (RFC 9112 6.1)
+505    an HTTP version other than 1.0 or 1.1
+=====  ================================================================================
+
+Nothing else escapes :meth:`~HTTPServerProtocol.next_event`; the hypothesis tests hold
+it to that for arbitrary bytes, whole or one byte at a time. A response the
+*application* got wrong (a bad status, a header with a newline) raises
+:class:`InvalidResponse` (a ``UsageError``: the glue answers 500 or aborts).
+
+Where h11's defaults fall short of RFC 9112, this module fills in: every response has a
+reason phrase (some load tools count ``HTTP/1.1 200 `` as an error), versions other than
+1.0/1.1 get 505, and a request with both Content-Length and Transfer-Encoding is served
+(chunked wins, RFC 9112 6.3) and the connection closed after the response (6.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final
+from urllib.parse import unquote
+
+import h11
+
+from csp_bus.errors import RemoteProtocolError, UsageError
+
+__all__ = [
+    "ERROR_STATUSES",
+    "NEED_DATA",
+    "PAUSED",
+    "BodyData",
+    "BodyEnd",
+    "ClientClosed",
+    "HTTPProtocolError",
+    "HTTPServerProtocol",
+    "InvalidResponse",
+    "RequestHead",
+    "reason_phrase",
+    "request_message",
+]
+
+NEED_DATA: Final = h11.NEED_DATA
+PAUSED: Final = h11.PAUSED
+
+#: Every status :class:`HTTPProtocolError` may carry (the glue adds 408, 503, 504).
+ERROR_STATUSES: Final = frozenset({400, 413, 431, 501, 505})
+
+_SUPPORTED_VERSIONS: Final = frozenset({b"1.0", b"1.1"})
+
+
+class HTTPProtocolError(RemoteProtocolError):
+    """The client broke HTTP/1.1; answer ``status`` (also ``hint``) and close."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, hint=status)
+        self.status = status
+
+
+class InvalidResponse(UsageError):
+    """The application's response message cannot be sent (bad status or header)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestHead:
+    """A request line and headers. ``headers`` names are lower-case bytes, in order."""
+
+    method: str
+    target: bytes
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+    path: str
+    query_string: bytes
+    #: the ``Upgrade`` token (lower case) when ``Connection: upgrade`` asks for one
+    upgrade: str | None
+    #: Content-Length when given (``None``: chunked or no body)
+    content_length: int | None
+    chunked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BodyData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEnd:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    """End of input with no request in progress."""
+
+
+_BODY_END: Final = BodyEnd()
+_CLIENT_CLOSED: Final = ClientClosed()
+
+Event = RequestHead | BodyData | BodyEnd | ClientClosed | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+_CLASS_PHRASES: Final = {1: "Informational", 2: "Success", 3: "Redirect", 4: "Client Error"}
+_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The RFC 9110 reason phrase, or a generic one for unregistered codes: never empty."""
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        phrase = _CLASS_PHRASES.get(status // 100, "Server Error").encode("ascii")
+    return phrase
+
+
+def _split_target(target: bytes) -> tuple[str, bytes]:
+    """``(percent-decoded path, raw query string)`` from a request target."""
+    raw, _, query = target.partition(b"?")
+    if not raw.startswith(b"/"):
+        if raw == b"*":
+            return "*", query
+        # absolute-form (RFC 9112 3.2.2): scheme://authority/path
+        scheme_end = raw.find(b"://")
+        if scheme_end != -1:
+            slash = raw.find(b"/", scheme_end + 3)
+            raw = raw[slash:] if slash != -1 else b"/"
+    text = raw.decode("latin-1")
+    if "%" in text:
+        text = unquote(text, encoding="utf-8", errors="replace")
+    return text, query
+
+
+class HTTPServerProtocol:
+    """One server-side HTTP/1.x connection.
+
+    ``max_header_size`` bounds the request head (431 beyond); ``max_body_size`` the
+    request body (413 beyond; ``None``: unbounded).
+    """
+
+    def __init__(self, *, max_header_size: int = 16 * 1024, max_body_size: int | None = None):
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self.max_body_size = max_body_size
+        self._body_received = 0
+        self._method = b""
+        self._head: RequestHead | None = None
+        self._must_close = False
+        self._response_started = False
+        self._response_done = False
+
+    # -- input ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client closed its side."""
+        try:
+            self._conn.receive_data(data)
+        except RuntimeError:
+            # h11 refuses data after end of input; a well-behaved glue never does that.
+            raise HTTPProtocolError("data received after end of input", 400) from None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not parsed yet (pipelined requests)."""
+        return len(self._conn.trailing_data[0])
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Unparsed bytes, e.g. the first frames after an Upgrade request."""
+        return bytes(self._conn.trailing_data[0])
+
+    @property
+    def request(self) -> RequestHead | None:
+        """The current request's head, once seen."""
+        return self._head
+
+    @property
+    def waiting_for_100_continue(self) -> bool:
+        return bool(self._conn.they_are_waiting_for_100_continue)
+
+    def next_event(self) -> Event:
+        """The next event, or ``NEED_DATA``/``PAUSED``. Raises :class:`HTTPProtocolError`."""
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint in ERROR_STATUSES else 400
+            raise HTTPProtocolError(str(exc) or "malformed request", status) from exc
+        kind = type(event)
+        if kind is h11.Data:
+            data = bytes(event.data)  # type: ignore[union-attr]
+            self._body_received += len(data)
+            if self.max_body_size is not None and self._body_received > self.max_body_size:
+                raise HTTPProtocolError("request body too large", 413)
+            return BodyData(data)
+        if kind is h11.Request:
+            return self._request_head(event)  # type: ignore[arg-type]
+        if kind is h11.EndOfMessage:
+            return _BODY_END
+        if kind is h11.ConnectionClosed:
+            return _CLIENT_CLOSED
+        return event  # type: ignore[return-value]  # NEED_DATA or PAUSED
+
+    def _request_head(self, event: h11.Request) -> RequestHead:
+        if event.http_version not in _SUPPORTED_VERSIONS:
+            raise HTTPProtocolError(
+                f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported", 505
+            )
+        headers = list(event.headers)
+        content_length: int | None = None
+        chunked = False
+        upgrade: str | None = None
+        connection_upgrade = False
+        upgrade_token: bytes | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                connection_upgrade = connection_upgrade or b"upgrade" in value.lower()
+            elif name == b"upgrade":
+                upgrade_token = value
+        if chunked and content_length is not None:
+            # RFC 9112 6.1: Transfer-Encoding wins; the connection must close afterwards.
+            content_length = None
+            self._must_close = True
+        max_body = self.max_body_size
+        if content_length is not None and max_body is not None and content_length > max_body:
+            raise HTTPProtocolError("request body too large", 413)
+        if connection_upgrade and upgrade_token:
+            upgrade = upgrade_token.split(b",")[0].split(b"/")[0].strip().lower().decode("latin-1")
+        path, query = _split_target(event.target)
+        method = event.method.decode("ascii")
+        self._method = event.method
+        self._body_received = 0
+        self._head = RequestHead(
+            method=method,
+            target=bytes(event.target),
+            http_version=event.http_version.decode("ascii"),
+            headers=headers,
+            path=path,
+            query_string=query,
+            upgrade=upgrade,
+            content_length=content_length,
+            chunked=chunked,
+        )
+        return self._head
+
+    # -- output -----------------------------------------------------------------------
+
+    def send_continue(self) -> bytes:
+        """``100 Continue`` if the client waits for it, else ``b""``."""
+        if not self._conn.they_are_waiting_for_100_continue:
+            return b""
+        return self._conn.send(
+            h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        )
+
+    @property
+    def response_started(self) -> bool:
+        return self._response_started
+
+    @property
+    def response_done(self) -> bool:
+        return self._response_done
+
+    def start_response(
+        self,
+        status: Any,
+        headers: Iterable[Sequence[Any]] = (),
+        content: bytes = b"",
+        more_content: bool = False,
+        *,
+        close: bool = False,
+    ) -> bytes:
+        """Bytes for a response head (plus ``content``; all of it unless
+        ``more_content``). Without Content-Length, a complete response gets one and a
+        streamed one is chunked (HTTP/1.1) or close-delimited (HTTP/1.0). ``close`` adds
+        ``Connection: close``. Raises :class:`InvalidResponse`."""
+        if type(status) is not int or not 200 <= status <= 999:
+            raise InvalidResponse(f"response status must be an int 200..999, not {status!r}")
+        try:
+            pairs = [(_as_bytes(name), _as_bytes(value)) for name, value in headers]
+        except (TypeError, ValueError) as exc:
+            raise InvalidResponse(f"response headers must be [name, value] pairs: {exc}") from None
+        has_length = False
+        for name, _ in pairs:
+            lower = name.lower()
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                has_length = True
+        if not has_length and not more_content:
+            pairs.append((b"content-length", str(len(content)).encode("ascii")))
+        if close or self._must_close:
+            pairs.append((b"connection", b"close"))
+        try:
+            response = h11.Response(status_code=status, headers=pairs, reason=reason_phrase(status))
+            data = self._conn.send(response)
+        except h11.LocalProtocolError as exc:
+            raise InvalidResponse(f"invalid response: {exc}") from exc
+        self._response_started = True
+        if content or not more_content:
+            data += self.send_body(content, more_content)
+        return data
+
+    def send_body(self, content: bytes, more_content: bool = False) -> bytes:
+        """Bytes for a response body chunk (and the end of the response unless
+        ``more_content``). A HEAD response drops the content."""
+        if type(content) is not bytes:
+            raise InvalidResponse(f"response content must be bytes, not {type(content).__name__}")
+        data = b""
+        try:
+            if content and self._method != b"HEAD":
+                data = self._conn.send(h11.Data(data=content))
+            if not more_content:
+                data += self._conn.send(h11.EndOfMessage())
+                self._response_done = True
+        except h11.LocalProtocolError as exc:
+            raise InvalidResponse(f"invalid response body: {exc}") from exc
+        return data or b""
+
+    def error_response(self, status: int, text: str | None = None) -> bytes:
+        """A complete plain-text error response with ``Connection: close``, or ``b""``
+        when a response already started (then the connection can only be aborted)."""
+        if self._response_started or self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return b""
+        body = ((text or reason_phrase(status).decode("ascii")) + "\n").encode("utf-8")
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+        ]
+        try:
+            data = self._conn.send(
+                h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+            )
+            if self._method != b"HEAD":
+                data += self._conn.send(h11.Data(data=body))
+            data += self._conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            return b""
+        self._response_started = True
+        self._response_done = True
+        return data
+
+    # -- connection reuse -------------------------------------------------------------
+
+    @property
+    def keep_alive(self) -> bool:
+        """True when the connection can serve another request after this one."""
+        return (
+            not self._must_close
+            and self._conn.our_state is h11.DONE
+            and self._conn.their_state is h11.DONE
+        )
+
+    @property
+    def request_complete(self) -> bool:
+        """The client has sent the whole current request."""
+        return self._conn.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        """Reset for the next request (only when :attr:`keep_alive`)."""
+        self._conn.start_next_cycle()
+        self._head = None
+        self._method = b""
+        self._response_started = False
+        self._response_done = False
+
+
+def _as_bytes(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value
+    if type(value) is str:
+        return value.encode("latin-1")
+    raise TypeError(f"{value!r} is not bytes")
+
+
+def request_message(
+    head: RequestHead,
+    *,
+    reply_channel: str,
+    scheme: str,
+    client: tuple[str, int] | None,
+    server: tuple[str, int] | None,
+    root_path: str = "",
+    body: bytes = b"",
+    body_channel: str | None = None,
+) -> dict[str, Any]:
+    """The ``http.request`` message for ``head`` (DESIGN.md 4)."""
+    message: dict[str, Any] = {
+        "reply_channel": reply_channel,
+        "http_version": head.http_version,
+        "method": head.method,
+        "scheme": scheme,
+        "path": head.path,
+        "query_string": head.query_string,
+        "root_path": root_path,
+        "headers": [[name, value] for name, value in head.headers],
+        "body": body,
+        "client": list(client) if client else None,
+        "server": list(server) if server else None,
+    }
+    if body_channel is not None:
+        message["body_channel"] = body_channel
+    return message

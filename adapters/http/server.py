@@ -1,0 +1,572 @@
+"""Trio glue: one task per HTTP connection around :class:`HTTPServerProtocol`.
+
+Per request: read the head (408 when too slow), hand an Upgrade to its registered
+handler or send ``http.request`` (503 when the channel is full), stream a large body over
+``body_channel`` with flow control, then wait for the response on the connection's
+``reply_channel`` (504 after ``response_timeout``, except on long-poll paths) while
+watching for the client leaving (``http.disconnect``), and write the response out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import trio
+
+from csp_bus.errors import BusError, ChannelFull, InvalidMessage, LayerError
+from csp_bus.messages import Message
+from csp_bus.server.dispatcher import ReplyChannel, ReplyDispatcher, ReplyOverrun
+from csp_bus.server.runtime import Connection, ServerRuntime
+
+from .protocol import (
+    NEED_DATA,
+    PAUSED,
+    BodyData,
+    BodyEnd,
+    ClientClosed,
+    HTTPProtocolError,
+    HTTPServerProtocol,
+    InvalidResponse,
+    RequestHead,
+    request_message,
+)
+
+__all__ = ["HTTPConfig", "HTTPFront", "UpgradeHandler", "UpgradeRequest", "front"]
+
+logger = logging.getLogger("csp_bus.adapters.http")
+
+_READ_SIZE = 64 * 1024
+#: Pipelined bytes read ahead while a response is pending; beyond it we stop reading.
+_READ_AHEAD_LIMIT = 64 * 1024
+#: How long a closing connection keeps draining what the client still sends, so that
+#: the kernel does not reset the connection and destroy the response in flight.
+_LINGER = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HTTPConfig:
+    """The HTTP adapter's options (seconds; ``math.inf`` disables a timeout)."""
+
+    max_header_size: int = 16 * 1024
+    max_body_size: int | None = 64 * 1024 * 1024
+    #: request bodies up to this size travel in ``http.request``; larger ones are
+    #: streamed over ``body_channel`` in chunks of this size
+    body_chunk_size: int = 256 * 1024
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    body_timeout: float = 30.0
+    response_timeout: float = 60.0
+    long_poll_paths: tuple[str, ...] = ()
+    #: serve ordinary requests (False when only an upgrade adapter such as websocket runs)
+    serve_requests: bool = True
+    #: answer every request with the built-in welcome page (no app configured)
+    welcome_page: bool = False
+    _long_poll: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_header_size < 1024:
+            raise ValueError("max_header_size must be at least 1024 bytes")
+        if self.body_chunk_size < 1:
+            raise ValueError("body_chunk_size must be positive")
+        for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "response_timeout"):
+            value = getattr(self, name)
+            if math.isnan(value) or value <= 0:
+                raise ValueError(f"{name} must be positive")
+        object.__setattr__(self, "_long_poll", tuple(re.compile(p) for p in self.long_poll_paths))
+
+    def is_long_poll(self, path: str) -> bool:
+        return any(pattern.search(path) for pattern in self._long_poll)
+
+
+@dataclass(eq=False)
+class UpgradeRequest:
+    """What an upgrade handler gets (see ``docs/server.md``)."""
+
+    request: h11.Request
+    stream: trio.abc.Stream
+    trailing_data: bytes
+    connection: Connection
+    message: dict[str, Any]
+    _protocol: HTTPServerProtocol = field(repr=False)
+
+    async def reject(
+        self, status: int, headers: Iterable[Sequence[Any]] = (), body: bytes = b""
+    ) -> None:
+        """Answer with a plain HTTP response; the connection then closes."""
+        data = self._protocol.start_response(status, headers, body, close=True)
+        await self.stream.send_all(data)
+
+
+UpgradeHandler = Callable[[UpgradeRequest], Awaitable[None]]
+
+
+class _ClientGone(Exception):
+    """The client closed or reset the connection."""
+
+
+class HTTPFront:
+    """The ``"http"`` listener protocol of one server process.
+
+    Reached with :func:`front`; adapters that take over upgraded connections register
+    with :meth:`add_upgrade_handler`.
+    """
+
+    def __init__(self, runtime: ServerRuntime, config: HTTPConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.upgrade_handlers: dict[str, UpgradeHandler] = {}
+        self.dispatcher: ReplyDispatcher | None = None
+        self.requests_channel = "http.request"
+        self.disconnect_channel = "http.disconnect"
+
+    def add_upgrade_handler(self, token: str, handler: UpgradeHandler) -> None:
+        """Hand requests with ``Connection: upgrade`` and ``Upgrade: token`` to ``handler``."""
+        self.upgrade_handlers[token.lower()] = handler
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def handle_connection(self, stream: trio.abc.Stream, conn: Connection) -> None:
+        config = self.config
+        proto = HTTPServerProtocol(
+            max_header_size=config.max_header_size, max_body_size=config.max_body_size
+        )
+        dispatcher = self.dispatcher
+        reply = dispatcher.open_channel() if dispatcher is not None else None
+        try:
+            first = True
+            while True:
+                head = await self._read_head(stream, conn, proto, first)
+                first = False
+                if head is None:
+                    return
+                if head.upgrade is not None and head.upgrade in self.upgrade_handlers:
+                    await self._upgrade(stream, conn, proto, head)
+                    return
+                if not await self._serve_request(stream, conn, proto, head, reply):
+                    await _linger_close(stream, proto)
+                    return
+                if self.runtime.stopping.is_set():
+                    return
+                proto.start_next_cycle()
+        finally:
+            if reply is not None:
+                reply.close()
+
+    async def _receive(self, stream: trio.abc.Stream) -> bytes:
+        try:
+            return await stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def _read_head(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        first: bool,
+    ) -> RequestHead | None:
+        """The next request head; ``None`` when the connection should just close."""
+        config = self.config
+        started = proto.buffered > 0
+        timeout = config.header_timeout if (first or started) else config.keep_alive_timeout
+        with trio.move_on_after(timeout) as scope:
+            if not started:
+                conn.set_idle(True, self.runtime)
+            try:
+                while True:
+                    try:
+                        event = proto.next_event()
+                    except HTTPProtocolError as exc:
+                        conn.set_idle(False, self.runtime)
+                        await self._send_error(stream, proto, exc.status, conn, None)
+                        await _linger_close(stream, proto)
+                        return None
+                    if type(event) is RequestHead:
+                        conn.set_idle(False, self.runtime)
+                        return event
+                    if type(event) is ClientClosed or event is PAUSED:
+                        return None
+                    data = await self._receive(stream)
+                    if data and not started:
+                        started = True
+                        conn.set_idle(False, self.runtime)
+                        scope.deadline = trio.current_time() + config.header_timeout
+                    proto.receive_data(data)
+            finally:
+                conn.idle = False
+        # Timed out. Between requests that is the idle keep-alive timeout: just close.
+        # With part of a request received, answer 408 (RFC 9110 15.5.9).
+        if started:
+            await self._send_error(stream, proto, 408, conn, None)
+            await _linger_close(stream, proto)
+        return None
+
+    async def _send_error(
+        self,
+        stream: trio.abc.Stream,
+        proto: HTTPServerProtocol,
+        status: int,
+        conn: Connection,
+        head: RequestHead | None,
+        text: str | None = None,
+    ) -> None:
+        data = proto.error_response(status, text)
+        if not data:
+            return
+        with trio.move_on_after(self.config.body_timeout):
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        self._log(conn, head, status, None)
+
+    def _log(
+        self, conn: Connection, head: RequestHead | None, status: int, size: int | None
+    ) -> None:
+        log = self.runtime.access_log
+        if log is None:
+            return
+        if head is None:
+            line = "-"
+        else:
+            target = head.target.decode("latin-1")
+            line = f"{head.method} {target} HTTP/{head.http_version}"
+        log.log(conn.client, line, status, size)
+
+    def _base_message(self, conn: Connection, head: RequestHead) -> tuple[Any, str]:
+        client = conn.client
+        scheme = conn.scheme
+        proxies = self.runtime.proxies
+        if proxies is not None:
+            client, scheme = proxies.resolve(client, scheme, head.headers)
+        return client, scheme
+
+    async def _upgrade(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+    ) -> None:
+        client, scheme = self._base_message(conn, head)
+        message = request_message(
+            head,
+            reply_channel="",
+            scheme=scheme,
+            client=client,
+            server=conn.server,
+            root_path=self.runtime.config.root_path,
+        )
+        del message["reply_channel"], message["body"]
+        request = h11.Request(
+            method=head.method,
+            target=head.target,
+            headers=head.headers,
+            http_version=head.http_version,
+        )
+        handler = self.upgrade_handlers[head.upgrade or ""]
+        await handler(UpgradeRequest(request, stream, proto.trailing_data, conn, message, proto))
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _serve_request(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        reply: ReplyChannel | None,
+    ) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        if self.config.welcome_page or not self.config.serve_requests or reply is None:
+            return await self._serve_locally(stream, conn, proto, head)
+        config = self.config
+        layer = self.runtime.layer
+        chunk_size = min(config.body_chunk_size, layer.options.max_message_size // 2)
+        # Read the body up to one chunk: small bodies travel inside http.request.
+        body = bytearray()
+        complete = False
+        try:
+            complete = await self._read_body(stream, proto, body, chunk_size)
+        except HTTPProtocolError as exc:
+            await self._send_error(stream, proto, exc.status, conn, head)
+            return False
+        except _ClientGone:
+            return False
+        except trio.TooSlowError:
+            await self._send_error(stream, proto, 408, conn, head)
+            return False
+        client, scheme = self._base_message(conn, head)
+        body_channel = None if complete else await layer.new_channel("http.request.body?")
+        message = request_message(
+            head,
+            reply_channel=reply.name,
+            scheme=scheme,
+            client=client,
+            server=conn.server,
+            root_path=self.runtime.config.root_path,
+            body=bytes(body),
+            body_channel=body_channel,
+        )
+        try:
+            await layer.send(self.requests_channel, message)
+        except ChannelFull:
+            await self._send_error(stream, proto, 503, conn, head, "Service Unavailable: busy")
+            return False
+        except InvalidMessage:  # MessageTooLarge: the head alone is over the layer's limit
+            await self._send_error(stream, proto, 431, conn, head)
+            return False
+        except LayerError as exc:
+            logger.warning("cannot send http.request: %s", exc)
+            await self._send_error(stream, proto, 503, conn, head)
+            return False
+        return await self._respond(stream, conn, proto, head, reply, body_channel, chunk_size)
+
+    async def _read_body(
+        self,
+        stream: trio.abc.Stream,
+        proto: HTTPServerProtocol,
+        into: bytearray,
+        limit: int,
+    ) -> bool:
+        """Read body bytes into ``into`` until the request ends (True) or ``limit``
+        bytes are held (False). Raises HTTPProtocolError, _ClientGone, TooSlowError."""
+        while True:
+            event = proto.next_event()
+            kind = type(event)
+            if kind is BodyData:
+                into += event.data  # type: ignore[union-attr]
+                if len(into) >= limit:
+                    return False
+            elif kind is BodyEnd:
+                return True
+            elif event is NEED_DATA:
+                if proto.waiting_for_100_continue:
+                    await stream.send_all(proto.send_continue())
+                with trio.fail_after(self.config.body_timeout):
+                    data = await self._receive(stream)
+                if not data:
+                    raise _ClientGone
+                proto.receive_data(data)
+            else:  # ClientClosed cannot happen mid-request; PAUSED neither
+                raise _ClientGone
+
+    async def _pump_body(
+        self,
+        stream: trio.abc.Stream,
+        proto: HTTPServerProtocol,
+        body_channel: str,
+        chunk_size: int,
+        done: trio.Event,
+    ) -> None:
+        """Stream the rest of the body to ``body_channel``, reading the socket only as
+        fast as the channel takes chunks (``send_wait``): flow control end to end."""
+        layer = self.runtime.layer
+        try:
+            while True:
+                chunk = bytearray()
+                try:
+                    complete = await self._read_body(stream, proto, chunk, chunk_size)
+                except (HTTPProtocolError, _ClientGone, trio.TooSlowError):
+                    await layer.send_wait(body_channel, {"closed": True}, timeout=1.0)
+                    raise _ClientGone from None
+                await layer.send_wait(
+                    body_channel,
+                    {"content": bytes(chunk), "more_content": not complete},
+                    timeout=self.config.body_timeout,
+                )
+                if complete:
+                    return
+        except (ChannelFull, LayerError):
+            raise _ClientGone from None  # nobody reads the body: give up on it
+        finally:
+            done.set()
+
+    async def _watch_client(
+        self, stream: trio.abc.Stream, proto: HTTPServerProtocol, gone: trio.Event
+    ) -> None:
+        """While a response is pending: notice the client leaving, buffer pipelining."""
+        while proto.buffered < _READ_AHEAD_LIMIT:
+            data = await self._receive(stream)
+            if not data:
+                gone.set()
+                return
+            proto.receive_data(data)
+        await trio.sleep_forever()
+
+    async def _respond(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        reply: ReplyChannel,
+        body_channel: str | None,
+        chunk_size: int,
+    ) -> bool:
+        config = self.config
+        long_poll = config.is_long_poll(head.path)
+        timeout = math.inf if long_poll else config.response_timeout
+        gone = trio.Event()
+        body_done = trio.Event()
+        outcome: list[bool] = []
+        sent = 0
+        status = 0
+
+        async def reader() -> None:
+            if body_channel is not None:
+                try:
+                    await self._pump_body(stream, proto, body_channel, chunk_size, body_done)
+                except _ClientGone:
+                    gone.set()
+                    return
+            await self._watch_client(stream, proto, gone)
+
+        async def writer(cancel: trio.CancelScope) -> None:
+            try:
+                await write(cancel)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                gone.set()
+                outcome.append(False)
+                cancel.cancel()
+            except ReplyOverrun:
+                outcome.append(False)
+                cancel.cancel()
+
+        async def write(cancel: trio.CancelScope) -> None:
+            nonlocal sent, status
+            with trio.move_on_after(timeout) as waiting:
+                message = await reply.receive()
+            if waiting.cancelled_caught:
+                await self._send_error(stream, proto, 504, conn, head, "Gateway Timeout")
+                outcome.append(False)
+                cancel.cancel()
+                return
+            close = self.runtime.stopping.is_set() or (body_channel is not None)
+            try:
+                data = proto.start_response(
+                    message.get("status"),
+                    message.get("headers", ()),
+                    message.get("content", b""),
+                    bool(message.get("more_content", False)),
+                    close=close,
+                )
+            except InvalidResponse as exc:
+                logger.error("%s %s: %s", head.method, head.path, exc)
+                await self._send_error(stream, proto, 500, conn, head)
+                outcome.append(False)
+                cancel.cancel()
+                return
+            status = message["status"]
+            sent = len(message.get("content", b"")) if head.method != "HEAD" else 0
+            await stream.send_all(data)
+            while not proto.response_done:
+                message = await reply.receive()
+                try:
+                    data = proto.send_body(
+                        message.get("content", b""), bool(message.get("more_content", False))
+                    )
+                except InvalidResponse as exc:
+                    logger.error("%s %s: %s", head.method, head.path, exc)
+                    outcome.append(False)
+                    cancel.cancel()
+                    return
+                if head.method != "HEAD":
+                    sent += len(message.get("content", b""))
+                await stream.send_all(data)
+            outcome.append(True)
+            cancel.cancel()
+
+        async def watch_gone(cancel: trio.CancelScope) -> None:
+            await gone.wait()
+            outcome.append(False)
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(writer, nursery.cancel_scope)
+            nursery.start_soon(watch_gone, nursery.cancel_scope)
+        if gone.is_set() and not proto.response_done:
+            await self._disconnected(reply, head)
+        ok = bool(outcome) and outcome[0]
+        if status:
+            self._log(conn, head, status, sent)
+        if not ok:
+            return False
+        # Reusable only when the request was read to its end and nothing forbids it.
+        return proto.keep_alive and (body_channel is None or body_done.is_set())
+
+    async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
+        message: Message = {"reply_channel": reply.name, "path": head.path}
+        try:
+            with trio.CancelScope(shield=True):
+                await self.runtime.layer.send(self.disconnect_channel, message)
+        except (ChannelFull, LayerError):
+            pass  # the spec says: dropped when full
+
+    # -- served without the bus ----------------------------------------------------------
+
+    async def _serve_locally(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+    ) -> bool:
+        from .welcome import not_served_response, welcome_response
+
+        try:
+            complete = await self._read_body(stream, proto, bytearray(), 1 << 62)
+        except HTTPProtocolError as exc:
+            await self._send_error(stream, proto, exc.status, conn, head)
+            return False
+        except (_ClientGone, trio.TooSlowError):
+            return False
+        if self.config.welcome_page:
+            status, headers, body = welcome_response(self.runtime, head)
+        else:
+            status, headers, body = not_served_response(self.runtime, head)
+        data = proto.start_response(status, headers, body, close=self.runtime.stopping.is_set())
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self._log(conn, head, status, len(body) if head.method != "HEAD" else 0)
+        return complete and proto.keep_alive
+
+
+async def _linger_close(stream: trio.abc.Stream, proto: HTTPServerProtocol) -> None:
+    """Half-close, then drain what the client still sends for a moment.
+
+    Closing a socket with unread input makes the kernel send RST, which can destroy the
+    error response still on its way (RFC 9112 9.6 "tear-down"). Only TCP can half-close;
+    TLS streams send close_notify instead.
+    """
+    with trio.move_on_after(_LINGER):
+        try:
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+                while await stream.receive_some(_READ_SIZE):
+                    pass
+            else:
+                await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BusError, OSError):
+            pass
+
+
+def front(runtime: ServerRuntime) -> HTTPFront:
+    """The HTTP front of ``runtime`` (made by the HTTP adapter's ``run``).
+
+    Raises ``LookupError`` when the HTTP adapter is not part of this server; an adapter
+    needing it declares ``requires = ("http",)``.
+    """
+    found = runtime.extensions.get("http.front")
+    if not isinstance(found, HTTPFront):
+        raise LookupError("the http adapter is not running in this server; add requires=('http',)")
+    return found

@@ -1,0 +1,179 @@
+"""The per-process reply dispatcher (DESIGN.md 5).
+
+A server process takes one process-local prefix per adapter (``http.response.<rand>!``)
+and runs **one** receive loop on it. Each connection gets a reply channel
+``prefix + <id>`` and a bounded Trio memory channel; the loop hands every message to the
+memory channel of the connection it is addressed to. Messages for connections that are
+gone are dropped (counted in ``dropped``).
+
+Backpressure: when a connection's buffer is full (a streamed response outrunning a slow
+client), the loop waits for that connection up to ``overrun_timeout`` seconds, which
+holds back every other connection of the process: that is deliberate. The layer's
+capacity on the prefix then fills and producers see ``ChannelFull`` (or wait in
+``send_wait``), which is the end-to-end flow control a Go channel gives. A connection
+still full after the timeout is *overrun*: its buffer is closed, its receive raises
+:class:`ReplyOverrun`, and the glue aborts the connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from types import TracebackType
+
+import trio
+
+from ..errors import BusError, LayerClosed, LayerError
+from ..layers.base import ChannelLayer
+from ..messages import Message, new_process_prefix
+
+__all__ = ["ReplyChannel", "ReplyDispatcher", "ReplyOverrun"]
+
+logger = logging.getLogger("csp_bus.server")
+
+
+class ReplyOverrun(BusError):
+    """The connection did not take its replies fast enough and was cut off."""
+
+
+class ReplyChannel:
+    """One connection's reply channel: ``name`` goes into messages as ``reply_channel``;
+    :meth:`receive` returns what the application sent to it, in order.
+
+    Use as a context manager (``with dispatcher.open_channel() as reply:``) so that the
+    name is unregistered when the connection ends.
+    """
+
+    __slots__ = ("_dispatcher", "_receiver", "_sender", "name", "overrun")
+
+    def __init__(self, dispatcher: ReplyDispatcher, name: str, buffer: int) -> None:
+        self._dispatcher = dispatcher
+        self.name = name
+        self._sender, self._receiver = trio.open_memory_channel[Message](buffer)
+        self.overrun = False
+
+    async def receive(self) -> Message:
+        """The next message for this connection. Raises :class:`ReplyOverrun` when the
+        dispatcher cut the connection off, ``trio.ClosedResourceError`` after close."""
+        try:
+            return await self._receiver.receive()
+        except trio.EndOfChannel:
+            raise ReplyOverrun(f"{self.name}: replies arrived faster than they were sent") from None
+
+    def receive_nowait(self) -> Message | None:
+        """A message already buffered, or ``None``."""
+        try:
+            return self._receiver.receive_nowait()
+        except trio.WouldBlock:
+            return None
+        except trio.EndOfChannel:
+            raise ReplyOverrun(f"{self.name}: replies arrived faster than they were sent") from None
+
+    def close(self) -> None:
+        """Unregister; later messages to ``name`` are dropped. Idempotent."""
+        self._dispatcher._channels.pop(self.name, None)
+        self._sender.close()
+        self._receiver.close()
+
+    def __enter__(self) -> ReplyChannel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReplyDispatcher:
+    """One receive loop on a process-local prefix, feeding per-connection channels.
+
+    Build it with :meth:`ServerRuntime.open_dispatcher
+    <csp_bus.server.runtime.ServerRuntime.open_dispatcher>`, which runs :meth:`run` in the
+    server's nursery; or run it yourself in a nursery of your own.
+    """
+
+    def __init__(
+        self,
+        layer: ChannelLayer,
+        base: str,
+        *,
+        buffer: int = 16,
+        overrun_timeout: float = 2.0,
+    ) -> None:
+        self.layer = layer
+        self.prefix = new_process_prefix(base)
+        self.buffer = buffer
+        self.overrun_timeout = overrun_timeout
+        self._channels: dict[str, ReplyChannel] = {}
+        self._ids = itertools.count(1)
+        self.delivered = 0
+        self.dropped = 0
+        self.overruns = 0
+
+    def open_channel(self, buffer: int | None = None) -> ReplyChannel:
+        """A fresh reply channel registered with this dispatcher."""
+        name = f"{self.prefix}{next(self._ids)}"
+        channel = ReplyChannel(self, name, self.buffer if buffer is None else buffer)
+        self._channels[name] = channel
+        return channel
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    async def _hand_over(self, channel: ReplyChannel, message: Message) -> None:
+        with trio.move_on_after(self.overrun_timeout):
+            try:
+                await channel._sender.send(message)
+                self.delivered += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.dropped += 1
+            return
+        self.overruns += 1
+        channel.overrun = True
+        logger.warning("%s: connection too slow to take its replies; cutting it off", channel.name)
+        channel._sender.close()  # its receiver sees EndOfChannel -> ReplyOverrun
+        self._channels.pop(channel.name, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive on the prefix until cancelled or the layer closes.
+
+        A failing backend (``LayerError``: Redis restarting) is logged and retried with
+        a growing pause; it never stops the server.
+        """
+        task_status.started()
+        channels = self._channels
+        backoff = 0.0
+        while True:
+            try:
+                name, message = await self.layer.receive(self.prefix)
+            except LayerClosed:
+                return
+            except LayerError as exc:
+                backoff = min(5.0, backoff * 2 or 0.05)
+                logger.warning(
+                    "reply dispatcher %s: %s; retrying in %.2fs", self.prefix, exc, backoff
+                )
+                await trio.sleep(backoff)
+                continue
+            backoff = 0.0
+            channel = channels.get(name)
+            if channel is None:
+                self.dropped += 1
+                continue
+            try:
+                channel._sender.send_nowait(message)
+                self.delivered += 1
+            except trio.WouldBlock:
+                if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
+                    self.overruns += 1
+                    channel.overrun = True
+                    channel._sender.close()
+                    channels.pop(name, None)
+                else:
+                    await self._hand_over(channel, message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.dropped += 1
