@@ -18,6 +18,7 @@ import trio
 
 from ..errors import InvalidLayerURL
 from .base import ChannelLayer
+from .options import COMMON_PARAMETERS
 
 __all__ = ["ChannelLayer", "find_open_layer", "layer_class", "normalize_url", "open_layer"]
 
@@ -67,9 +68,18 @@ def layer_class(url: str) -> type[ChannelLayer]:
 
 
 def normalize_url(url: str) -> str:
-    """A canonical form of a layer URL, so that ``memory://`` and ``memory:///`` match."""
+    """Which bus a URL names, for finding an open layer: ``memory://`` and
+    ``memory:///?capacity=5`` name the same one. Options that only shape how a layer
+    treats messages (capacity, expiry...) are left out; others (a Redis ``prefix``)
+    stay, since they select different channels."""
     parts = urlsplit(url)
-    query = "&".join(sorted(filter(None, parts.query.split("&"))))
+    query = "&".join(
+        sorted(
+            item
+            for item in parts.query.split("&")
+            if item and item.split("=", 1)[0] not in COMMON_PARAMETERS
+        )
+    )
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}?{query}"
 
 

@@ -122,3 +122,15 @@ def test_receive_timeout_in_thread_does_not_lose_messages() -> None:
         sender.start()
         assert bus.receive("late", timeout=5) == ("late", {"n": 1})
         sender.join()
+
+
+async def test_options_in_the_url_do_not_hide_the_open_layer() -> None:
+    """Regression: connect("memory://") from a thread must find a layer opened as
+    memory://?capacity=5 (options shape the layer, they do not name another bus)."""
+    async with open_layer("memory://?capacity=5&expiry=30") as layer:
+
+        def thread() -> bool:
+            with sync.connect("memory://") as bus:
+                return bus.layer is layer
+
+        assert await trio.to_thread.run_sync(thread)
