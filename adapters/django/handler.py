@@ -44,7 +44,14 @@ from django.utils.functional import cached_property
 
 from .conf import BusSettings
 
-__all__ = ["BusRequest", "SyncBus", "ViewConsumer", "encode_response", "read_body"]
+__all__ = [
+    "BusRequest",
+    "StaticFilesConsumer",
+    "SyncBus",
+    "ViewConsumer",
+    "encode_response",
+    "read_body",
+]
 
 logger = logging.getLogger("csp_bus.django")
 
@@ -335,6 +342,44 @@ class ViewConsumer(base.BaseHandler):
         chunk_size = self.settings.response_chunk_size
         for message in encode_response(response, chunk_size=chunk_size, head=head):
             bus.send_wait(reply, message, timeout=timeout)
+
+
+class StaticFilesConsumer(ViewConsumer):
+    """A ViewConsumer that also serves ``STATIC_URL`` from the staticfiles finders.
+
+    What ``runserver`` routes ``http.request`` to in ``DEBUG`` (or with ``--insecure``),
+    like Django's own ``StaticFilesHandler``: static requests skip the middleware, and the
+    file goes out block by block as any ``FileResponse``.
+    """
+
+    def __init__(self, settings: BusSettings | None = None) -> None:
+        from urllib.parse import urlparse
+
+        from django.contrib.staticfiles import utils
+
+        super().__init__(settings)
+        utils.check_settings()
+        self.static_base = urlparse(django_settings.STATIC_URL)
+
+    def _is_static(self, path: str) -> bool:
+        return path.startswith(self.static_base.path) and not self.static_base.netloc
+
+    def get_response(self, request: HttpRequest) -> HttpResponseBase:
+        if not self._is_static(request.path):
+            return super().get_response(request)
+        from urllib.request import url2pathname
+
+        from django.contrib.staticfiles.views import serve
+        from django.core.handlers.exception import response_for_exception
+        from django.http import Http404
+
+        try:
+            relative = url2pathname(request.path.removeprefix(self.static_base.path))
+            response: HttpResponseBase = serve(request, relative, insecure=True)
+        except Http404 as exc:
+            response = response_for_exception(request, exc)
+        response._resource_closers.append(request.close)  # type: ignore[attr-defined]
+        return response
 
 
 def _bus_of(message: Any) -> SyncBus:

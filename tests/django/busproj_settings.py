@@ -15,13 +15,13 @@ SECRET_KEY = "tests-only-" + "x" * 40
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "busproj"
 INSTALLED_APPS = [
+    "csp_bus.adapters.django",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "csp_bus.adapters.django",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

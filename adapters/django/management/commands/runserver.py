@@ -1,0 +1,143 @@
+"""``manage.py runserver``: the csp-bus protocol server and workers in one process.
+
+Django's own runserver options (address:port, ``--noreload``, ``--nothreading``,
+``--ipv6``, ``--skip-checks``) keep their meaning; the autoreloader restarts the whole
+process when code changes. HTTP and WebSocket are served on one port by the csp-bus
+adapters; worker threads in the same process run the consumers (Django views included)
+over the project's layer (``memory://`` by default). With ``--noworker`` only the server
+runs: start workers with ``manage.py runworker`` against a shared ``redis://`` layer.
+In ``DEBUG`` (or with ``--insecure``) static files are served, as by
+``django.contrib.staticfiles``' runserver; put ``"csp_bus.adapters.django"`` *before*
+``"django.contrib.staticfiles"`` in ``INSTALLED_APPS`` so that this command wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings as django_settings
+from django.core.management.base import CommandError, CommandParser
+from django.core.management.commands.runserver import Command as DjangoRunserver
+from django.db import connections
+from django.utils import autoreload
+
+from csp_bus.errors import BusError
+
+from ...conf import get_settings
+from ...routing import project_router
+
+
+def _adapter_arguments(adapters: list[Any]) -> argparse.Namespace:
+    """The adapters' own options at their defaults (as ``csp-bus serve`` would parse)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for adapter in adapters:
+        adapter.add_arguments(parser.add_argument_group(adapter.name))
+    namespace, _ = parser.parse_known_args([])
+    return namespace
+
+
+class Command(DjangoRunserver):
+    help = (
+        "Starts the csp-bus development server: HTTP and WebSocket on one port, with "
+        "worker threads running the project's consumers and Django views in this process."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--noworker",
+            action="store_false",
+            dest="run_worker",
+            help="run only the protocol server; run workers with 'manage.py runworker'",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            metavar="N",
+            help='worker threads (default: CSP_BUS["WORKER_THREADS"], 4)',
+        )
+        parser.add_argument("--layer", metavar="URL", help='default: CSP_BUS["LAYER"]')
+        parser.add_argument(
+            "--nostatic",
+            action="store_false",
+            dest="use_static_handler",
+            help="do NOT serve static files at STATIC_URL",
+        )
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            dest="insecure_serving",
+            help="serve static files even if DEBUG is False",
+        )
+
+    def inner_run(self, *args: Any, **options: Any) -> None:
+        import trio
+
+        autoreload.raise_last_exception()
+        if not options["skip_checks"]:
+            self.stdout.write("Performing system checks...\n\n")
+            self.check(display_num_errors=True)
+        self.check_migrations()
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+        static = (
+            options["use_static_handler"]
+            and apps.is_installed("django.contrib.staticfiles")
+            and (django_settings.DEBUG or options["insecure_serving"])
+        )
+        try:
+            trio.run(functools.partial(self._serve, options, static=static))
+        except (BusError, OSError) as exc:
+            self.stderr.write(f"Error: {exc}")
+            # sys.exit does not end the process from the autoreloader's thread.
+            import os
+
+            os._exit(1)
+        except KeyboardInterrupt:
+            if options.get("shutdown_message"):
+                self.stdout.write(options["shutdown_message"])
+            sys.exit(0)
+
+    async def _serve(self, options: dict[str, Any], *, static: bool) -> None:
+        import trio
+
+        from csp_bus.layers import open_layer
+        from csp_bus.server import ServerConfig, resolve_adapters, run_server
+        from csp_bus.server.adapter import AdapterNotFound
+        from csp_bus.worker import Worker
+
+        bus = get_settings()
+        url = options["layer"] or bus.layer
+        try:
+            adapters = resolve_adapters(["http", "websocket"])
+        except AdapterNotFound:
+            try:
+                adapters = resolve_adapters(["http"])
+            except AdapterNotFound as exc:
+                raise CommandError(f"csp-bus cannot serve HTTP here: {exc}") from exc
+            self.stderr.write("warning: no WebSocket adapter installed; serving HTTP only")
+        host = self.addr.strip("[]") if self._raw_ipv6 else self.addr
+        if host == "0":
+            host = "0.0.0.0"
+        config = ServerConfig(binds=((host, int(self.port)),))
+        adapter_args = _adapter_arguments(adapters)
+        pairs = [(adapter, adapter.configure(adapter_args, config)) for adapter in adapters]
+        if not options["run_worker"] and url.split("://", 1)[0].lower() == "memory":
+            self.stderr.write(
+                f"warning: --noworker with {url}: no worker in another process can reach "
+                'this server; set CSP_BUS["LAYER"] to redis://...'
+            )
+        async with open_layer(url) as layer, trio.open_nursery() as nursery:
+            if options["run_worker"]:
+                threads = options["threads"] or bus.worker_threads
+                router = project_router(bus, static=static)
+                worker = Worker(layer, router, threads=threads)
+                await nursery.start(worker.run)
+            runtime = await nursery.start(functools.partial(run_server, layer, config, pairs))
+            port = int(runtime.addresses[0].rsplit(":", 1)[1].rstrip("/"))
+            self.on_bind(port)
+            self.stdout.flush()
