@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=_cmd_stats)
 
     # Commands defined by other modules register themselves here.
+    from .server.cli import register as register_serve
+
+    register_serve(commands)
     return parser
 
 
