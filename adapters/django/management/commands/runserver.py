@@ -31,12 +31,16 @@ from ...conf import get_settings
 from ...routing import project_router
 
 
-def _adapter_arguments(adapters: list[Any]) -> argparse.Namespace:
-    """The adapters' own options at their defaults (as ``csp-bus serve`` would parse)."""
+def _adapter_arguments(adapters: list[Any], layer: str) -> argparse.Namespace:
+    """The adapters' own options at their defaults, as ``csp-bus serve --adapter ...
+    --app ...`` would parse them (the Django project is the app)."""
     parser = argparse.ArgumentParser(add_help=False)
     for adapter in adapters:
         adapter.add_arguments(parser.add_argument_group(adapter.name))
     namespace, _ = parser.parse_known_args([])
+    namespace.adapter = [adapter.name for adapter in adapters]
+    namespace.app = "django"
+    namespace.layer = layer
     return namespace
 
 
@@ -124,7 +128,7 @@ class Command(DjangoRunserver):
         if host == "0":
             host = "0.0.0.0"
         config = ServerConfig(binds=((host, int(self.port)),))
-        adapter_args = _adapter_arguments(adapters)
+        adapter_args = _adapter_arguments(adapters, url)
         pairs = [(adapter, adapter.configure(adapter_args, config)) for adapter in adapters]
         if not options["run_worker"] and url.split("://", 1)[0].lower() == "memory":
             self.stderr.write(
