@@ -10,6 +10,7 @@ import json
 
 from csp_bus.adapters.django.auth import channel_session_user, channel_session_user_from_http
 from csp_bus.adapters.django.sessions import enforce_ordering
+
 from csp_bus.consumers import Group
 
 

@@ -1,8 +1,8 @@
 """What the workers run besides Django views: the chat's WebSocket consumers."""
 
-from csp_bus.routing import route
-
 from chat import consumers
+
+from csp_bus.routing import route
 
 ROOM = r"^/ws/chat/(?P<room>[-\w]+)/$"
 
