@@ -125,6 +125,15 @@ Event = RequestHead | BodyData | BodyEnd | ClientClosed | type[h11.NEED_DATA] | 
 
 _CLASS_PHRASES: Final = {1: "Informational", 2: "Success", 3: "Redirect", 4: "Client Error"}
 _PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+# RFC 9110 renamed a few (Python 3.11's http.HTTPStatus still has the RFC 7231 names).
+_PHRASES.update(
+    {
+        413: b"Content Too Large",
+        414: b"URI Too Long",
+        416: b"Range Not Satisfiable",
+        422: b"Unprocessable Content",
+    }
+)
 
 
 def reason_phrase(status: int) -> bytes:
@@ -161,6 +170,7 @@ class HTTPServerProtocol:
 
     def __init__(self, *, max_header_size: int = 16 * 1024, max_body_size: int | None = None):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self._body_received = 0
         self._method = b""
@@ -168,6 +178,7 @@ class HTTPServerProtocol:
         self._must_close = False
         self._response_started = False
         self._response_done = False
+        self._pushed_back: BodyData | None = None
 
     # -- input ------------------------------------------------------------------------
 
@@ -200,6 +211,9 @@ class HTTPServerProtocol:
 
     def next_event(self) -> Event:
         """The next event, or ``NEED_DATA``/``PAUSED``. Raises :class:`HTTPProtocolError`."""
+        if self._pushed_back is not None:
+            event, self._pushed_back = self._pushed_back, None
+            return event
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -226,6 +240,11 @@ class HTTPServerProtocol:
                 f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported", 505
             )
         headers = list(event.headers)
+        # h11 bounds only an *incomplete* head; one that arrives whole in one read is
+        # checked here, so the limit holds however the bytes were split.
+        size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if size > self.max_header_size:
+            raise HTTPProtocolError("request head too large", 431)
         content_length: int | None = None
         chunked = False
         upgrade: str | None = None
@@ -266,6 +285,12 @@ class HTTPServerProtocol:
         )
         return self._head
 
+    def push_back(self, data: bytes) -> None:
+        """Return unconsumed body bytes: the next :meth:`next_event` yields them again
+        (the glue splits the body into chunks of an exact size this way)."""
+        if data:
+            self._pushed_back = BodyData(data)
+
     # -- output -----------------------------------------------------------------------
 
     def send_continue(self) -> bytes:
@@ -299,6 +324,8 @@ class HTTPServerProtocol:
         ``Connection: close``. Raises :class:`InvalidResponse`."""
         if type(status) is not int or not 200 <= status <= 999:
             raise InvalidResponse(f"response status must be an int 200..999, not {status!r}")
+        if type(content) is not bytes:
+            raise InvalidResponse(f"response content must be bytes, not {type(content).__name__}")
         try:
             pairs = [(_as_bytes(name), _as_bytes(value)) for name, value in headers]
         except (TypeError, ValueError) as exc:

@@ -341,7 +341,12 @@ class HTTPFront:
             event = proto.next_event()
             kind = type(event)
             if kind is BodyData:
-                into += event.data  # type: ignore[union-attr]
+                data = event.data  # type: ignore[union-attr]
+                room = limit - len(into)
+                if len(data) > room:
+                    proto.push_back(data[room:])
+                    data = data[:room]
+                into += data
                 if len(into) >= limit:
                     return False
             elif kind is BodyEnd:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import trio
-
 from csp_bus.adapters.http import HTTPConfig, adapter
+
 from csp_bus.layers import open_layer
 from csp_bus.server import AccessLog, ServerConfig, ServerRuntime, run_server
 
@@ -26,6 +26,7 @@ class Served:
     port: int
     log: io.StringIO
     requests: list[dict[str, Any]] = field(default_factory=list)
+    got_request: trio.Event = field(default_factory=trio.Event)
 
     @property
     def url(self) -> str:
@@ -86,6 +87,7 @@ async def start(
                 while True:
                     _, message = await layer.receive("http.request")
                     served.requests.append(message)
+                    served.got_request.set()
                     handlers.start_soon(app, layer, message)
 
         nursery.start_soon(consume)
@@ -98,14 +100,14 @@ def serve() -> Callable[..., Awaitable[Served]]:
 
 
 async def raw_request(
-    host: str, port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 5
+    host: str, port: int, data: bytes, *, read_until_close: bool = True, limit: float = 5
 ) -> bytes:
     """Send raw bytes, return everything the server sends until it closes."""
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         await stream.send_all(data)
         received = bytearray()
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             while True:
                 try:
                     chunk = await stream.receive_some(65536)

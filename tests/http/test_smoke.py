@@ -1,5 +1,5 @@
-import trio.testing
 import httpx
+import trio.testing
 
 
 async def test_hello(serve, nursery):
