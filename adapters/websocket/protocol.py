@@ -575,8 +575,9 @@ class WebSocketConnection:
 
     # -- input ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes read from the peer; ``b""`` means the peer closed its side."""
+        data = bytes(data) if type(data) is not bytes else data
         if self.state is State.HANDSHAKE:
             assert self._h11 is not None
             if self._h11.their_state is h11.ERROR:
