@@ -1,0 +1,138 @@
+"""Runtime pieces on their own: config, proxies, access log, dispatcher, adapter lookup."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import trio
+import trio.testing
+
+from csp_bus.errors import UsageError
+from csp_bus.layers import open_layer
+from csp_bus.server import (
+    AccessLog,
+    Adapter,
+    AdapterNotFound,
+    ReplyDispatcher,
+    ReplyOverrun,
+    ServerConfig,
+    TrustedProxies,
+    available_adapters,
+    load_adapter,
+    parse_bind,
+    resolve_adapters,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("[::]", ("::", 8000)),
+        (":80", ("", 80)),
+        ("8080", ("", 8080)),
+        ("localhost", ("localhost", 8000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_parse_bind(text: str, expected: tuple[str, int]) -> None:
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize("text", ["::1:80", "[::1", "host:port", "h:70000", "[::1]x"])
+def test_parse_bind_refuses(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_bind(text)
+
+
+def test_server_config_checks() -> None:
+    with pytest.raises(UsageError):
+        ServerConfig(max_connections=0)
+    with pytest.raises(UsageError):
+        ServerConfig(root_path="api")
+    with pytest.raises(UsageError):
+        ServerConfig(keyfile="k.pem")
+    assert ServerConfig(certfile="c.pem", keyfile="k.pem").tls
+
+
+def test_trusted_proxies() -> None:
+    proxies = TrustedProxies.parse(["127.0.0.1, 10.0.0.0/8", "unix"])
+    assert proxies.trusts("127.0.0.1")
+    assert proxies.trusts("10.1.2.3")
+    assert not proxies.trusts("11.0.0.1")
+    assert proxies.trusts(None)  # unix socket peer
+    assert not proxies.trusts("not-an-ip")
+    headers = [
+        (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2, 10.0.0.9"),
+        (b"x-forwarded-proto", b"https"),
+    ]
+    # walking from the right past trusted proxies: 2.2.2.2 is the client
+    assert proxies.resolve(("127.0.0.1", 5), "http", headers) == (("2.2.2.2", 0), "https")
+    assert proxies.resolve(("8.8.8.8", 5), "http", headers) == (("8.8.8.8", 5), "http")
+    assert proxies.resolve(("127.0.0.1", 5), "ws", headers)[1] == "wss"
+    garbage = [(b"x-forwarded-for", b"nonsense"), (b"x-forwarded-proto", b"gopher")]
+    assert proxies.resolve(("127.0.0.1", 5), "http", garbage) == (("127.0.0.1", 5), "http")
+    assert TrustedProxies.parse(["*"]).trusts("203.0.113.1")
+    with pytest.raises(UsageError):
+        TrustedProxies.parse(["10.0.0.0/33"])
+
+
+def test_access_log_common_log_format() -> None:
+    out = io.StringIO()
+    log = AccessLog(out)
+    log.log(("10.0.0.1", 5), 'GET /a"b HTTP/1.1', 200, 13)
+    log.log(None, "-", 400, None)
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("10.0.0.1 - - [")
+    assert first.endswith('] "GET /a\\"b HTTP/1.1" 200 13')
+    assert second.startswith("- - - [") and second.endswith('] "-" 400 -')
+
+
+async def test_dispatcher_routes_replies_to_their_connection() -> None:
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        dispatcher = ReplyDispatcher(layer, "test.reply")
+        await nursery.start(dispatcher.run)
+        with dispatcher.open_channel() as a, dispatcher.open_channel() as b:
+            assert a.name.startswith(dispatcher.prefix) and a.name != b.name
+            await layer.send(b.name, {"n": 1})
+            await layer.send(a.name, {"n": 2})
+            await layer.send(b.name, {"n": 3})
+            assert await a.receive() == {"n": 2}
+            assert await b.receive() == {"n": 1}
+            assert await b.receive() == {"n": 3}
+            gone = a.name
+        await layer.send(gone, {"late": True})  # connection closed: dropped, counted
+        await trio.testing.wait_all_tasks_blocked()
+        assert dispatcher.dropped == 1
+        assert len(dispatcher) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_cannot_keep_up_is_cut_off() -> None:
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=2, overrun_timeout=0.1)
+        await nursery.start(dispatcher.run)
+        slow = dispatcher.open_channel()
+        fast = dispatcher.open_channel()
+        for n in range(4):
+            await layer.send(slow.name, {"n": n})
+        await layer.send(fast.name, {"ok": True})
+        with trio.fail_after(2):
+            assert await fast.receive() == {"ok": True}  # held back at most 0.1 s
+        assert slow.overrun and dispatcher.overruns == 1
+        assert await slow.receive() == {"n": 0}
+        assert await slow.receive() == {"n": 1}
+        with pytest.raises(ReplyOverrun):
+            await slow.receive()
+        nursery.cancel_scope.cancel()
+
+
+def test_adapters_are_found_by_entry_point() -> None:
+    assert available_adapters()["http"] == "csp_bus.adapters.http"
+    http = load_adapter("http")
+    assert isinstance(http, Adapter) and http.listener_protocol == "http"
+    assert resolve_adapters(["http", "http"]) == [http]
+    with pytest.raises(AdapterNotFound, match=r"installed adapters: .*http"):
+        load_adapter("gopher")
