@@ -339,7 +339,7 @@ class SMTPServerConnection:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the peer; ``b""`` means it closed its side."""
         if self.state is State.CLOSED:
             return
@@ -375,7 +375,7 @@ class SMTPServerConnection:
                 else:
                     self._handle_line(line)
                     progressed = True
-            if not progressed and not self._events and self.state is not State.CLOSED:
+            if not progressed:  # nothing consumed: no event and no state change either
                 if self._eof:
                     if self.state is State.DATA:
                         self._close("the client closed the connection during DATA")

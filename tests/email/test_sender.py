@@ -6,132 +6,18 @@ aiosmtpd is asyncio-based: it runs in its own thread with its own event loop (it
 
 from __future__ import annotations
 
-import socket
-import ssl
-import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
-import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from csp_bus.adapters.email.sender import RelayConfig, run_sender
 
 from csp_bus import open_layer
 from csp_bus.errors import UsageError
 from csp_bus.layers.base import ChannelLayer
 
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    content: bytes
-    smtputf8: bool
-    tls: bool
-    login: str | None
-
-
-@dataclass
-class RelayHandler:
-    """The relay's behaviour, scripted by each test; what it accepted, in ``received``."""
-
-    data_replies: list[str] = field(default_factory=list)  # consumed before accepting
-    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
-    received: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
-        with self.lock:
-            script = self.rcpt_replies.get(address)
-            if script:
-                return script.pop(0)
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        with self.lock:
-            if self.data_replies:
-                return self.data_replies.pop(0)
-            login = session.auth_data.login.decode() if session.auth_data else None
-            self.received.append(
-                Received(
-                    mail_from=envelope.mail_from,
-                    rcpt_tos=list(envelope.rcpt_tos),
-                    content=envelope.original_content or envelope.content,
-                    smtputf8=envelope.smtp_utf8,
-                    tls=session.ssl is not None,
-                    login=login,
-                )
-            )
-        return "250 2.0.0 Accepted"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        b"mailer",
-        b"relay-pass",
-    )
-    # handled=False: aiosmtpd answers 535 itself (the default leaves the reply to us).
-    return AuthResult(success=ok, handled=False, auth_data=auth_data)
-
-
-@dataclass
-class Relay:
-    handler: RelayHandler
-    port: int
-    cafile: str | None = None
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(context)
-    cafile = tmp_path_factory.mktemp("relay-ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(cafile))
-    return context, str(cafile)
-
-
-def _start_relay(**kwargs: Any) -> Iterator[Relay]:
-    handler = RelayHandler()
-    port = _free_port()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, **kwargs
-    )
-    controller.start()
-    try:
-        yield Relay(handler, port)
-    finally:
-        controller.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    yield from _start_relay()
-
-
-@pytest.fixture
-def tls_relay(tls_files: tuple[ssl.SSLContext, str]) -> Iterator[Relay]:
-    context, cafile = tls_files
-    for item in _start_relay(
-        tls_context=context,
-        require_starttls=True,
-        authenticator=_authenticator,
-        auth_required=True,
-    ):
-        item.cafile = cafile
-        yield item
+Relay = Any  # the relay fixtures' type lives in conftest.py
 
 
 @pytest.fixture
@@ -232,8 +118,10 @@ async def test_gives_up_after_max_attempts(
     assert relay.handler.received == []
 
 
-async def test_relay_down_is_temporary(layer: ChannelLayer, nursery: trio.Nursery) -> None:
-    dead = Relay(RelayHandler(), _free_port())
+async def test_relay_down_is_temporary(
+    layer: ChannelLayer, dead_relay: Relay, nursery: trio.Nursery
+) -> None:
+    dead = dead_relay
     await nursery.start(run_sender, layer, relay_config(dead, max_attempts=2))
     report = await send_and_report(layer, MAIL)
     assert report["status"] == "failed" and report["attempts"] == 2
