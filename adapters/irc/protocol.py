@@ -392,9 +392,11 @@ def irc_lower(name: str, casemapping: str = "rfc1459") -> str:
 def split_text(text: str, limit: int) -> list[str]:
     """Split ``text`` into pieces whose UTF-8 encoding fits in ``limit`` bytes.
 
-    Pieces end on character boundaries (never inside a UTF-8 sequence) and preferably
-    after whitespace when a space falls in the second half of a piece. Joined back they
-    give ``text`` exactly. ``limit`` must allow the longest character (4 bytes).
+    Pieces end on character boundaries (never inside a UTF-8 sequence). When a space
+    falls in the second half of a piece, the piece ends before it and that one space is
+    dropped: IRC servers strip trailing spaces anyway, and readers see word-wrapped
+    lines. Otherwise the cut is hard and nothing is lost. ``limit`` must allow the
+    longest character (4 bytes).
     """
     if limit < 4:
         raise ValueError("limit must be at least 4 bytes")
@@ -409,13 +411,15 @@ def split_text(text: str, limit: int) -> list[str]:
             if size + char_size > limit:
                 break
             size += char_size
-            if text[end] in " \t":
+            if text[end] == " ":
                 last_space = end
             end += 1
         if end < len(text) and last_space > start + (end - start) // 2:
-            end = last_space + 1
-        pieces.append(text[start:end])
-        start = end
+            pieces.append(text[start:last_space])
+            start = last_space + 1
+        else:
+            pieces.append(text[start:end])
+            start = end
     return pieces
 
 
@@ -714,7 +718,8 @@ class IrcClient:
         if self._urgent:
             self.flood.take(now, force=True)
             return self._urgent.popleft(), 0.0
-        if not self._outbox:
+        if not self._outbox or self.state != "registered":
+            # Application lines wait for RPL_WELCOME: before it the server answers 451.
             return None, 0.0
         if self.flood.take(now):
             return self._outbox.popleft(), 0.0

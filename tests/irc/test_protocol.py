@@ -337,10 +337,19 @@ def test_overlong_line_is_discarded_and_reading_goes_on() -> None:
 @given(st.text(), st.integers(min_value=4, max_value=600))
 def test_split_text(text: str, limit: int) -> None:
     pieces = split_text(text, limit)
-    assert "".join(pieces) == text
     assert all(pieces)
-    for piece in pieces:
+    position = 0
+    for index, piece in enumerate(pieces):
         assert len(piece.encode("utf-8", "surrogatepass")) <= limit
+        assert text.startswith(piece, position)
+        position += len(piece)
+        if (
+            index < len(pieces) - 1
+            and text[position] == " "
+            and not text.startswith(pieces[index + 1], position)
+        ):
+            position += 1  # a word break consumes exactly one space
+    assert position == len(text)
 
 
 def test_split_text_never_cuts_a_utf8_sequence() -> None:
@@ -354,7 +363,8 @@ def test_split_text_never_cuts_a_utf8_sequence() -> None:
 
 def test_split_text_prefers_word_boundaries() -> None:
     pieces = split_text("the quick brown fox jumps", 12)
-    assert pieces == ["the quick ", "brown fox ", "jumps"]
+    assert pieces == ["the quick", "brown fox", "jumps"]
+    assert split_text("abcdefghijklmnop qr", 8) == ["abcdefgh", "ijklmnop", " qr"]  # hard cut
 
 
 # ------------------------------------------------------------------ flood control
@@ -739,7 +749,7 @@ def test_long_text_is_split_so_relayed_lines_fit() -> None:
         assert len(mask.encode()) + len(line) <= MAX_LINE  # as the server relays it
         assert line.count(b"\r\n") == 1
         texts.append(parse_line(line[:-2]).params[1])
-    assert "".join(texts) == body
+    assert " ".join(texts) == body  # every cut fell on a space here
     # action pieces carry the CTCP framing and still fit
     client.control({"type": "action", "channel": "#chan", "body": "é" * 1000})
     for line in drain(client):
