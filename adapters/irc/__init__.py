@@ -12,14 +12,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["IrcConfig", "IrcServerConfig", "run_irc"]
+__all__ = ["IrcConfig", "IrcServerConfig", "adapter", "run_irc"]
 
 if TYPE_CHECKING:
+    from .adapter import adapter
     from .client import IrcConfig, IrcServerConfig, run_irc
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import csp_bus.adapters.irc` must stay cheap and side-effect free.
+    # Lazy: `import csp_bus.adapters.irc` must stay cheap and side-effect free. The
+    # server runtime reads `adapter` (entry point irc = "csp_bus.adapters.irc").
+    if name == "adapter":
+        from .adapter import adapter
+
+        return adapter
     if name in __all__:
         from . import client
 
