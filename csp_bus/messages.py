@@ -188,12 +188,13 @@ def _walk(value: object, path: str, depth: int) -> None:
     kind = type(value)
     if kind in _SCALARS:
         return
-    if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+    # Exact types only (``kind is``): subclasses would not survive the round trip.
+    if kind is int and isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
             raise InvalidMessage(path, "int does not fit in 64 bits")
         return
-    if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
+    if kind is dict and isinstance(value, dict):
+        for key, item in value.items():
             if type(key) is not str:
                 raise InvalidMessage(
                     _key_path(path, key),
@@ -202,8 +203,8 @@ def _walk(value: object, path: str, depth: int) -> None:
             if type(item) not in _SCALARS:
                 _walk(item, _key_path(path, key), depth + 1)
         return
-    if kind is list or kind is tuple:
-        for index, item in enumerate(value):  # type: ignore[call-overload]
+    if (kind is list or kind is tuple) and isinstance(value, list | tuple):
+        for index, item in enumerate(value):
             if type(item) not in _SCALARS:
                 _walk(item, f"{path}[{index}]", depth + 1)
         return
