@@ -122,7 +122,15 @@ class RelayHandler:
     data_replies: list[str] = field(default_factory=list)  # consumed before accepting
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
+        """Block (call it in a thread) until ``count`` messages were accepted."""
+        with self.lock:
+            assert self.lock.wait_for(lambda: len(self.received) >= count, timeout), (
+                f"the relay got {len(self.received)} message(s), not {count}"
+            )
+            return list(self.received)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         with self.lock:
@@ -147,6 +155,7 @@ class RelayHandler:
                     login=login,
                 )
             )
+            self.lock.notify_all()
         return "250 2.0.0 Accepted"
 
 
