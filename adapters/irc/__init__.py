@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["IrcConfig", "IrcServerConfig", "adapter", "run_irc"]
 
 if TYPE_CHECKING:
-    from .adapter import adapter
+    from .plugin import adapter
     from .client import IrcConfig, IrcServerConfig, run_irc
 
 
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
     # Lazy: `import csp_bus.adapters.irc` must stay cheap and side-effect free. The
     # server runtime reads `adapter` (entry point irc = "csp_bus.adapters.irc").
     if name == "adapter":
-        from .adapter import adapter
+        from .plugin import adapter
 
         return adapter
     if name in __all__:
