@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["IrcConfig", "IrcServerConfig", "adapter", "run_irc"]
 
 if TYPE_CHECKING:
-    from .plugin import adapter
     from .client import IrcConfig, IrcServerConfig, run_irc
+    from .plugin import adapter
 
 
 def __getattr__(name: str) -> Any:

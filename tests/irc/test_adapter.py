@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import trio
-from csp_bus.adapters.irc.plugin import config_from_args
 from csp_bus.adapters.irc.client import IrcConfig, IrcServerConfig, parse_server
+from csp_bus.adapters.irc.plugin import config_from_args
 
 from csp_bus.cli import build_parser
 from csp_bus.errors import UsageError
