@@ -4,11 +4,13 @@ channels."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from csp_bus import ChannelFull, ChannelLayer
@@ -83,9 +85,7 @@ async def test_waiting_receiver_on_process_local_prefix(layer: ChannelLayer) -> 
 
 
 @pytest.mark.parametrize("quiet_first", [False, True], ids=["busy-first", "quiet-first"])
-async def test_busy_channel_does_not_starve_a_quiet_one(
-    make_layer: Any, quiet_first: bool
-) -> None:
+async def test_busy_channel_does_not_starve_a_quiet_one(make_layer: Any, quiet_first: bool) -> None:
     layer = await make_layer(capacity=100)
     for n in range(100):
         await layer.send("busy", {"n": n})
@@ -123,10 +123,8 @@ async def test_fairness_under_a_continuous_producer(make_layer: Any) -> None:
     waited: list[int] = []
     pending_since: int | None = None
     for step in range(300):
-        try:
+        with contextlib.suppress(ChannelFull):
             await layer.send("busy", {"n": step})
-        except ChannelFull:
-            pass
         if step % 7 == 0 and pending_since is None:
             await layer.send("quiet", {"step": step})
             pending_since = step
@@ -206,10 +204,13 @@ async def test_duplicate_channels_in_one_receive(layer: ChannelLayer) -> None:
 async def test_two_receivers_never_get_the_same_message(layer: ChannelLayer) -> None:
     total = 300
     got: list[int] = []
+    all_in = trio.Event()
 
     async def receiver(channels: tuple[str, ...]) -> None:
         while True:
             got.append((await layer.receive(*channels))[1]["n"])
+            if len(got) == total:
+                all_in.set()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -220,9 +221,8 @@ async def test_two_receivers_never_get_the_same_message(layer: ChannelLayer) -> 
             for n in range(total):
                 await layer.send_wait("work", {"n": n}, timeout=5)
                 if n % 10 == 0:
-                    await trio.sleep(0)
-            while len(got) < total:
-                await trio.sleep(0.01)
+                    await trio.lowlevel.checkpoint()
+            await all_in.wait()
             nursery.cancel_scope.cancel()
     assert sorted(got) == list(range(total))
 
@@ -235,7 +235,7 @@ async def test_receivers_racing_for_a_backlog(layer: ChannelLayer) -> None:
     async def receiver() -> None:
         while (found := await layer.receive_nowait("backlog")) is not None:
             got.append(found[1]["n"])
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
