@@ -47,6 +47,8 @@ _READ_AHEAD_LIMIT = 64 * 1024
 #: How long a closing connection keeps draining what the client still sends, so that
 #: the kernel does not reset the connection and destroy the response in flight.
 _LINGER = 1.0
+#: How long a response is awaited before a task starts watching for the client leaving.
+_FAST_WAIT = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +106,16 @@ class UpgradeRequest:
 
 
 UpgradeHandler = Callable[[UpgradeRequest], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one response got (for the access log and connection reuse)."""
+
+    close: bool = False
+    status: int = 0
+    sent: int = 0
+    failed: bool = False
 
 
 class _ClientGone(Exception):
@@ -415,14 +427,32 @@ class HTTPFront:
         body_channel: str | None,
         chunk_size: int,
     ) -> bool:
+        """Wait for the response on ``reply`` and write it; True when the connection
+        may serve another request."""
         config = self.config
-        long_poll = config.is_long_poll(head.path)
-        timeout = math.inf if long_poll else config.response_timeout
+        timeout = math.inf if config.is_long_poll(head.path) else config.response_timeout
+        deadline = trio.current_time() + timeout
+        state = _Progress(close=body_channel is not None)
+        if body_channel is None:
+            # Fast path: most responses come within milliseconds, so the first message
+            # is awaited without a task watching the client. A client that leaves
+            # meanwhile is noticed when the watch starts, at most _FAST_WAIT later.
+            with trio.move_on_at(min(deadline, trio.current_time() + _FAST_WAIT)):
+                try:
+                    message = await reply.receive()
+                except ReplyOverrun:
+                    return False
+                try:
+                    if not await self._write(stream, proto, head, message, state, conn):
+                        return False
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._disconnected(reply, head)
+                    return False
+                if proto.response_done:
+                    self._log(conn, head, state.status, state.sent)
+                    return proto.keep_alive
         gone = trio.Event()
         body_done = trio.Event()
-        outcome: list[bool] = []
-        sent = 0
-        status = 0
 
         async def reader() -> None:
             if body_channel is not None:
@@ -435,62 +465,26 @@ class HTTPFront:
 
         async def writer(cancel: trio.CancelScope) -> None:
             try:
-                await write(cancel)
+                while not proto.response_done:
+                    message = None
+                    if proto.response_started:
+                        message = await reply.receive()
+                    else:
+                        with trio.move_on_at(deadline):
+                            message = await reply.receive()
+                        if message is None:
+                            await self._send_error(stream, proto, 504, conn, head)
+                            break
+                    if not await self._write(stream, proto, head, message, state, conn):
+                        break
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 gone.set()
-                outcome.append(False)
-                cancel.cancel()
             except ReplyOverrun:
-                outcome.append(False)
-                cancel.cancel()
-
-        async def write(cancel: trio.CancelScope) -> None:
-            nonlocal sent, status
-            with trio.move_on_after(timeout) as waiting:
-                message = await reply.receive()
-            if waiting.cancelled_caught:
-                await self._send_error(stream, proto, 504, conn, head, "Gateway Timeout")
-                outcome.append(False)
-                cancel.cancel()
-                return
-            close = self.runtime.stopping.is_set() or (body_channel is not None)
-            try:
-                data = proto.start_response(
-                    message.get("status"),
-                    message.get("headers", ()),
-                    message.get("content", b""),
-                    bool(message.get("more_content", False)),
-                    close=close,
-                )
-            except InvalidResponse as exc:
-                logger.error("%s %s: %s", head.method, head.path, exc)
-                await self._send_error(stream, proto, 500, conn, head)
-                outcome.append(False)
-                cancel.cancel()
-                return
-            status = message["status"]
-            sent = len(message.get("content", b"")) if head.method != "HEAD" else 0
-            await stream.send_all(data)
-            while not proto.response_done:
-                message = await reply.receive()
-                try:
-                    data = proto.send_body(
-                        message.get("content", b""), bool(message.get("more_content", False))
-                    )
-                except InvalidResponse as exc:
-                    logger.error("%s %s: %s", head.method, head.path, exc)
-                    outcome.append(False)
-                    cancel.cancel()
-                    return
-                if head.method != "HEAD":
-                    sent += len(message.get("content", b""))
-                await stream.send_all(data)
-            outcome.append(True)
+                pass
             cancel.cancel()
 
         async def watch_gone(cancel: trio.CancelScope) -> None:
             await gone.wait()
-            outcome.append(False)
             cancel.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -499,13 +493,45 @@ class HTTPFront:
             nursery.start_soon(watch_gone, nursery.cancel_scope)
         if gone.is_set() and not proto.response_done:
             await self._disconnected(reply, head)
-        ok = bool(outcome) and outcome[0]
-        if status:
-            self._log(conn, head, status, sent)
-        if not ok:
+        if state.status:
+            self._log(conn, head, state.status, state.sent)
+        if not proto.response_done or state.failed:
             return False
         # Reusable only when the request was read to its end and nothing forbids it.
         return proto.keep_alive and (body_channel is None or body_done.is_set())
+
+    async def _write(
+        self,
+        stream: trio.abc.Stream,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        message: Message,
+        state: _Progress,
+        conn: Connection,
+    ) -> bool:
+        """Write one response message; False when the response cannot go on (an
+        invalid message: 500 if nothing was sent yet, else the connection is cut)."""
+        content = message.get("content", b"")
+        more = bool(message.get("more_content", False))
+        try:
+            if proto.response_started:
+                data = proto.send_body(content, more)
+            else:
+                close = state.close or self.runtime.stopping.is_set()
+                data = proto.start_response(
+                    message.get("status"), message.get("headers", ()), content, more, close=close
+                )
+                state.status = message["status"]
+        except InvalidResponse as exc:
+            logger.error("%s %s: %s", head.method, head.path, exc)
+            state.failed = True
+            if not proto.response_started:
+                await self._send_error(stream, proto, 500, conn, head)
+            return False
+        if head.method != "HEAD":
+            state.sent += len(content)
+        await stream.send_all(data)
+        return True
 
     async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
         message: Message = {"reply_channel": reply.name, "path": head.path}
