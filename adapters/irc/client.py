@@ -57,6 +57,7 @@ __all__ = [
     "JOIN_CHANNEL",
     "RECEIVE_CHANNEL",
     "IrcConfig",
+    "IrcConnectionState",
     "IrcServerConfig",
     "run_irc",
 ]
@@ -171,7 +172,7 @@ class IrcConfig:
         """Seconds to wait before reconnect ``attempt`` (0-based): exponential, capped,
         with jitter so that many bots cut off together do not return together."""
         ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(attempt, 32))
-        return ceiling * (rng or random).uniform(0.5, 1.0)
+        return float(ceiling * (rng or random).uniform(0.5, 1.0))
 
 
 class _ConnectionLost(Exception):

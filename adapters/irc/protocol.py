@@ -328,7 +328,7 @@ class LineReader:
         self._lines: deque[bytes | IrcProtocolError] = deque()
         self.closed = False
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if not data:
             self.closed = True
             if self._buffer and not self._discarding:
@@ -341,7 +341,7 @@ class LineReader:
             start = match.end()
         self._take(data[start:], end=False)
 
-    def _take(self, chunk: bytes, *, end: bool) -> None:
+    def _take(self, chunk: bytes | bytearray, *, end: bool) -> None:
         if not self._discarding:
             self._buffer += chunk
             if len(self._buffer) > self._max_line:
@@ -765,7 +765,7 @@ class IrcClient:
 
     # -- input ----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float = 0.0) -> None:
+    def receive_data(self, data: bytes | bytearray, now: float = 0.0) -> None:
         """Feed bytes from the server; ``b""`` means the connection closed."""
         self._now = now
         self._reader.receive_data(data)
@@ -841,7 +841,7 @@ class IrcClient:
             if more or self._cap_ls_done:
                 return
             self._cap_ls_done = True
-            wanted = [cap for cap in _WANTED_CAPS if cap in self.caps_available]
+            wanted: list[str] = [cap for cap in _WANTED_CAPS if cap in self.caps_available]
             if self._wants_sasl() and "sasl" in self.caps_available:
                 mechanisms = self.caps_available["sasl"]
                 if not mechanisms or "PLAIN" in mechanisms.upper().split(","):
