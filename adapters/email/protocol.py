@@ -446,7 +446,8 @@ class SMTPServerConnection:
         self.smtputf8 = False
         self.body_type = "7BIT"
         self._data = bytearray()
-        self._data_problem: tuple[int, str] | None = None
+        self._data_size = 0  # octets of message text seen, stored or not
+        self._long_line = False  # a text line over max_data_line was seen
         self._at_line_start = True
 
     def _reply(self, code: int, text: str | list[str]) -> None:
@@ -498,46 +499,74 @@ class SMTPServerConnection:
     # -- DATA -----------------------------------------------------------------------
 
     def _process_data(self) -> bool:
-        """Consume DATA lines; return whether any progress was made."""
-        progressed = False
-        limit = self.config.max_message_size
-        while self.state is State.DATA:
-            line = self._next_line(self.config.max_data_line)
-            if line is None:
-                return progressed
-            progressed = True
-            if line is _TOO_LONG:
-                if self._data_problem is None:
-                    self._data_problem = (
-                        500,
-                        f"5.5.2 Line too long (limit {self.config.max_data_line} octets)",
-                    )
-                continue
-            assert isinstance(line, bytes)
-            if line == b".":
-                self._end_of_data()
-                return True
-            if line.startswith(b"."):
-                line = line[1:]  # RFC 5321 4.5.2 transparency
-            if self._data_problem is not None:
-                continue
-            if len(self._data) + len(line) + 2 > limit:
-                self._data_problem = (
-                    552,
-                    f"5.3.4 Message size exceeds fixed maximum message size ({limit} octets)",
-                )
-                self._data = bytearray()
-                continue
-            self._data += line
-            self._data += b"\r\n"
-        return progressed
+        """Consume DATA text; return whether any progress was made.
+
+        Works on whole runs of complete lines rather than line by line: the end of the
+        message is the first ``CRLF . CRLF`` (or ``. CRLF`` at a line start), dot-stuffing
+        is undone with one ``replace`` (RFC 5321 4.5.2), and only CRLF ends a line. The
+        outcome never depends on how the input was chunked: the size and the line-length
+        verdicts are both computed over all of the text, and a long line wins (500) over
+        an oversized message (552).
+        """
+        buffer = self._buffer
+        if not buffer:
+            return False
+        if self._at_line_start and buffer.startswith(b".\r\n"):
+            end = 0
+        else:
+            found = buffer.find(b"\r\n.\r\n")
+            end = -1 if found == -1 else found + 2
+        if end == -1:
+            last = buffer.rfind(b"\r\n")
+            if last == -1:
+                if len(buffer) > self.config.max_data_line:
+                    # An over-long partial line: drop it as it arrives, keeping a trailing
+                    # CR that may be half of the CRLF that ends it.
+                    keep = 1 if buffer.endswith(b"\r") else 0
+                    del buffer[: len(buffer) - keep]
+                    self._long_line = True
+                    self._at_line_start = False
+                    self._data = bytearray()
+                    return True
+                return False
+            end = last + 2
+            self._take_text(bytes(buffer[:end]))
+            del buffer[:end]
+            return True
+        self._take_text(bytes(buffer[:end]))
+        del buffer[: end + 3]
+        self._end_of_data()
+        return True
+
+    def _take_text(self, text: bytes) -> None:
+        """Add complete lines (``text`` ends in CRLF, or is empty) to the message."""
+        if not text:
+            self._at_line_start = True
+            return
+        lines = text.split(b"\r\n")
+        if max(map(len, lines)) + 2 > self.config.max_data_line:
+            self._long_line = True
+        if self._at_line_start and text.startswith(b"."):
+            text = text[1:]
+        text = text.replace(b"\r\n.", b"\r\n")
+        self._at_line_start = True
+        self._data_size += len(text)
+        if self._long_line or self._data_size > self.config.max_message_size:
+            self._data = bytearray()
+        else:
+            self._data += text
 
     def _end_of_data(self) -> None:
-        if self._data_problem is not None:
-            code, text = self._data_problem
+        limit = self.config.max_message_size
+        problem: tuple[int, str] | None = None
+        if self._long_line:
+            problem = (500, f"5.5.2 Line too long (limit {self.config.max_data_line} octets)")
+        elif self._data_size > limit:
+            problem = (552, f"5.3.4 Message size exceeds fixed maximum message size ({limit})")
+        if problem is not None:
             self.state = State.COMMAND
             self._reset_transaction()
-            self._error(code, text)
+            self._error(*problem)
             return
         assert self.helo is not None
         self.state = State.WAIT_MESSAGE
@@ -698,7 +727,6 @@ class SMTPServerConnection:
         if not self.recipients:
             raise _Reject(554, "5.5.1 No valid recipients")
         self.state = State.DATA
-        self._data = bytearray()
         self._reply(354, "End data with <CR><LF>.<CR><LF>")
 
     def _cmd_rset(self, args: str) -> None:

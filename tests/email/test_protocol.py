@@ -510,3 +510,51 @@ def test_whole_and_byte_by_byte_answer_the_same(smtp, chunks: list[bytes]) -> No
         split.feed(data[i : i + 1])
     assert bytes(whole.wire) == bytes(split.wire)
     assert whole.messages == split.messages
+
+
+def reference_unstuff(text: bytes) -> bytes | None:
+    """RFC 5321 4.5.2 line by line: the message up to the first "." line, or None."""
+    out = []
+    rest = text
+    while True:
+        index = rest.find(b"\r\n")
+        if index == -1:
+            return None
+        line, rest = rest[:index], rest[index + 2 :]
+        if line == b".":
+            return b"".join(out)
+        out.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+
+
+data_lines = st.lists(
+    st.one_of(
+        st.sampled_from([b".", b"..", b"...x", b".x", b"x.", b"\r", b"\n", b"\n.\n", b""]),
+        st.binary(max_size=30),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=data_lines, cut=st.integers(min_value=1, max_value=50))
+def test_data_unstuffing_matches_the_rfc_line_by_line(smtp, lines: list[bytes], cut: int) -> None:
+    text = b"\r\n".join(lines) + b"\r\n.\r\n"
+    expected = reference_unstuff(text)
+    driver, _ = open_session(smtp, HOSTILE_CONFIG)
+    driver.feed(EHLO + b"MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n")
+    for start in range(0, len(text), cut):
+        driver.feed(text[start : start + cut])
+    if expected is not None and len(expected) <= HOSTILE_CONFIG.max_message_size:
+        assert [m.data for m in driver.messages] == [expected]
+
+
+def test_long_line_wins_over_size_whatever_the_chunking(smtp) -> None:
+    config = SessionConfig(accepted_domains={"example.com"}, max_message_size=3000)
+    text = (b"y" * 900 + b"\r\n") * 5 + b"z" * 1500 + b"\r\n.\r\n"
+    for cut in (1, 7, 1000, len(text)):
+        driver, _ = open_session(smtp, config)
+        driver.feed(EHLO + b"MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n")
+        replies = []
+        for start in range(0, len(text), cut):
+            replies += driver.feed(text[start : start + cut])
+        assert [code for code, _ in replies] == [500], cut
