@@ -142,6 +142,7 @@ def test_parse_server_and_backoff() -> None:
 
 async def test_csp_bus_serve_runs_a_bot(irc_server: Any, humans: Any, tmp_path: Path) -> None:
     """``csp-bus serve --adapter irc --app ...`` as a real process, stopped by SIGTERM."""
+    pytest.importorskip("csp_bus.embedded", reason="--app needs the embedded workers")
     app = tmp_path / "ircbot_app.py"
     app.write_text(
         textwrap.dedent(

@@ -12,10 +12,9 @@ import pytest
 import trio
 from csp_bus.adapters.irc.client import IrcConfig, IrcServerConfig, run_irc
 
-from csp_bus.consumers import Message, using
 from csp_bus.layers import open_layer
 from csp_bus.layers.base import ChannelLayer
-from csp_bus.sync import bind
+from csp_bus.sync import SyncLayer, bind
 
 LONG_TEXT = "".join(f"word{index:04d} " for index in range(400))[:2000]
 assert len(LONG_TEXT) == 2000
@@ -31,7 +30,7 @@ class Recorder:
         self._changed = trio.Event()
 
     def add(self, channel: str, content: dict[str, Any]) -> None:
-        # run_sync_soon, not trio.from_thread: consumers run in the worker's own threads
+        # thread-safe hand-off to the Trio loop (consumers run in worker threads)
         self.token.run_sync_soon(self._add, channel, content)
 
     def _add(self, channel: str, content: dict[str, Any]) -> None:
@@ -57,33 +56,36 @@ class Recorder:
                 await self._changed.wait()
 
 
-def bot_consumers(recorder: Recorder) -> dict[str, Callable[[Message], None]]:
+Consumer = Callable[[SyncLayer, str, dict[str, Any]], None]
+
+
+def bot_consumers(recorder: Recorder) -> dict[str, Consumer]:
     """The bot: plain sync consumers, one per channel, run in worker threads."""
 
-    def record(message: Message) -> None:
-        recorder.add(message.channel.name, dict(message.content))
+    def record(bus: SyncLayer, channel: str, content: dict[str, Any]) -> None:
+        recorder.add(channel, content)
 
-    def on_receive(message: Message) -> None:
-        record(message)
-        if message["type"] != "message":
+    def on_receive(bus: SyncLayer, channel: str, content: dict[str, Any]) -> None:
+        record(bus, channel, content)
+        if content["type"] != "message":
             return
-        sender = message["user"]["nick"]
+        sender = content["user"]["nick"]
         # A private message arrives with the bot's nick as channel: answer the sender.
-        target = message["channel"] if message["channel"][0] in "#&" else sender
-        body = message["body"]
-        reply = message.reply_channel
-        assert reply is not None
+        target = content["channel"] if content["channel"][0] in "#&" else sender
+        body = content["body"]
+
+        def reply(message: dict[str, Any]) -> None:
+            bus.send(content["reply_channel"], message)
+
         if body == "!ping":
-            reply.send({"type": "message", "channel": target, "body": f"pong {sender}"})
+            reply({"type": "message", "channel": target, "body": f"pong {sender}"})
         elif body == "!long":
-            reply.send({"type": "message", "channel": target, "body": LONG_TEXT})
+            reply({"type": "message", "channel": target, "body": LONG_TEXT})
         elif body == "!inject":
-            reply.send(
-                {"type": "message", "channel": target, "body": INJECTION.replace("\x00", "")}
-            )
-            reply.send({"type": "message", "channel": target, "body": INJECTION})  # NUL: refused
-            reply.send({"type": "raw", "body": "PRIVMSG #test :x\r\nQUIT :pwned"})  # refused
-            reply.send({"type": "notice", "channel": target, "body": "done"})
+            reply({"type": "message", "channel": target, "body": INJECTION.replace("\x00", "")})
+            reply({"type": "message", "channel": target, "body": INJECTION})  # NUL: refused
+            reply({"type": "raw", "body": "PRIVMSG #test :x\r\nQUIT :pwned"})  # refused
+            reply({"type": "notice", "channel": target, "body": "done"})
 
     return {
         "irc-client.connect": record,
@@ -95,23 +97,17 @@ def bot_consumers(recorder: Recorder) -> dict[str, Callable[[Message], None]]:
 
 async def small_worker(
     layer: ChannelLayer,
-    consumers: dict[str, Callable[[Message], None]],
+    consumers: dict[str, Consumer],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A worker in a dozen lines: receive, run the sync consumer in a thread, where
-    ``Channel(...).send`` goes through this very layer (``using(bind(layer))``)."""
+    """A worker in a few lines: receive, run the sync consumer in a thread with a
+    blocking facade of this very layer (``csp_bus.sync.bind``)."""
     bus = bind(layer)
     task_status.started()
     while True:
         channel, content = await layer.receive(*consumers)
-        message = Message(content, channel)
-
-        def call(message: Message = message, channel: str = channel) -> None:
-            with using(bus):
-                consumers[channel](message)
-
-        await trio.to_thread.run_sync(call)
+        await trio.to_thread.run_sync(consumers[channel], bus, channel, content)
 
 
 def make_config(server: Any, **options: Any) -> IrcConfig:
