@@ -52,9 +52,16 @@ class InvalidEmail(InvalidMessage):
 
 
 def _decode_raw(name: str, raw: str) -> str:
-    """A raw header value as text: policy.default's parse (RFC 2047 decoded), or, on the
-    headers its parser chokes on (malformed addresses can raise IndexError deep inside
-    the stdlib), the encoded words decoded one by one, or the raw text itself."""
+    """A raw header value as text, unfolded, RFC 2047 encoded words decoded.
+
+    Without encoded words that is the unfolded value itself (the fast path: parsing a
+    header with policy.default costs ~50 us, three quarters of a small message's
+    parse). With them, policy.default's parse; on the headers its parser chokes on
+    (malformed addresses can raise IndexError deep inside the stdlib), the encoded words
+    decoded one by one, or the raw text itself.
+    """
+    if "=?" not in raw:
+        return "".join(raw.splitlines()).strip()
     try:
         return str(email.policy.default.header_fetch_parse(name, raw))
     except Exception:

@@ -46,8 +46,10 @@ def test_plain_message_fields() -> None:
     assert message["headers"]["subject"] == "Grüße"
     assert message["headers"]["from"] == "Jörg <j@example.org>"
     assert message["headers"]["received"] == "from a\nfrom b"
+    folded = received(b"Subject: a\r\n  folded\r\n\tline\r\nX-Empty:\r\n\r\n")["headers"]
+    assert folded == {"subject": "a  folded\tline", "x-empty": ""}
     assert message["content"] == {
-        "content-type": 'text/plain; charset="utf-8"',
+        "content-type": "text/plain; charset=utf-8",  # as sent
         "body": "café\r\n".encode(),
     }
     assert message["message"] == raw
