@@ -1,0 +1,151 @@
+"""Groups (DESIGN.md section 3): group_add refreshes a membership that expires after
+``group_expiry``; group_discard of a non-member is no error; send_group delivers to every
+member and skips a full one without an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from csp_bus import ChannelLayer
+
+
+async def _drain(layer: ChannelLayer, *channels: str) -> list[tuple[str, Any]]:
+    found = []
+    while (item := await layer.receive_nowait(*channels)) is not None:
+        found.append(item)
+    return found
+
+
+async def test_send_group_reaches_every_member(layer: ChannelLayer) -> None:
+    for member in ["a", "b", "c"]:
+        await layer.group_add("room", member)
+    await layer.send_group("room", {"text": "hello"})
+    for member in ["a", "b", "c"]:
+        assert await layer.receive_nowait(member) == (member, {"text": "hello"})
+    assert await layer.receive_nowait("a", "b", "c") is None
+
+
+async def test_adding_twice_delivers_once(layer: ChannelLayer) -> None:
+    await layer.group_add("room", "a")
+    await layer.group_add("room", "a")
+    await layer.send_group("room", {"n": 1})
+    assert await _drain(layer, "a") == [("a", {"n": 1})]
+
+
+async def test_group_discard(layer: ChannelLayer) -> None:
+    await layer.group_add("room", "a")
+    await layer.group_add("room", "b")
+    await layer.group_discard("room", "a")
+    await layer.send_group("room", {"n": 1})
+    assert await _drain(layer, "a", "b") == [("b", {"n": 1})]
+
+
+async def test_discard_of_a_non_member_is_no_error(layer: ChannelLayer) -> None:
+    await layer.group_discard("nobody-added-this", "a")
+    await layer.group_add("room", "a")
+    await layer.group_discard("room", "stranger")
+    await layer.group_discard("room", "a")
+    await layer.group_discard("room", "a")  # twice
+    await layer.send_group("room", {})
+    assert await layer.receive_nowait("a", "stranger") is None
+
+
+async def test_send_group_to_an_empty_or_unknown_group_is_no_error(layer: ChannelLayer) -> None:
+    await layer.send_group("never-created", {"n": 1})
+    await layer.group_add("emptied", "a")
+    await layer.group_discard("emptied", "a")
+    await layer.send_group("emptied", {"n": 1})
+    assert await layer.receive_nowait("a") is None
+
+
+async def test_channel_in_several_groups(layer: ChannelLayer) -> None:
+    await layer.group_add("g1", "a")
+    await layer.group_add("g2", "a")
+    await layer.group_discard("g1", "a")
+    await layer.send_group("g1", {"from": "g1"})
+    await layer.send_group("g2", {"from": "g2"})
+    assert await _drain(layer, "a") == [("a", {"from": "g2"})]
+
+
+async def test_groups_are_independent_of_channels_of_the_same_name(layer: ChannelLayer) -> None:
+    await layer.group_add("room", "room")
+    await layer.send("room", {"direct": True})
+    await layer.send_group("room", {"group": True})
+    assert await _drain(layer, "room") == [("room", {"direct": True}), ("room", {"group": True})]
+
+
+async def test_send_group_skips_a_full_member_and_delivers_to_the_others(make_layer: Any) -> None:
+    layer = await make_layer(capacity=2)
+    for member in ["slow", "fast1", "fast2"]:
+        await layer.group_add("room", member)
+    await layer.send("slow", {"n": "old1"})
+    await layer.send("slow", {"n": "old2"})
+    before = await layer.stats()
+    await layer.send_group("room", {"n": "new"})  # no ChannelFull
+    after = await layer.stats()
+    assert await _drain(layer, "fast1") == [("fast1", {"n": "new"})]
+    assert await _drain(layer, "fast2") == [("fast2", {"n": "new"})]
+    assert await _drain(layer, "slow") == [("slow", {"n": "old1"}), ("slow", {"n": "old2"})]
+    assert after["messages_dropped"] - before["messages_dropped"] == 1
+    # Room again: the slow member gets the next one.
+    await layer.send_group("room", {"n": "next"})
+    assert await _drain(layer, "slow") == [("slow", {"n": "next"})]
+
+
+async def test_process_local_members(layer: ChannelLayer) -> None:
+    await layer.group_add("room", "srv!conn1")
+    await layer.group_add("room", "srv!conn2")
+    await layer.group_add("room", "other!conn1")
+    await layer.send_group("room", {"text": "hi"})
+    got = sorted(await _drain(layer, "srv!"))
+    assert got == [("srv!conn1", {"text": "hi"}), ("srv!conn2", {"text": "hi"})]
+    assert await _drain(layer, "other!") == [("other!conn1", {"text": "hi"})]
+
+
+async def test_process_local_members_share_the_prefix_capacity(make_layer: Any) -> None:
+    layer = await make_layer(capacity=2)
+    for n in range(3):
+        await layer.group_add("room", f"srv!conn{n}")
+    await layer.send_group("room", {})
+    assert len(await _drain(layer, "srv!")) == 2  # the third was skipped, no error
+
+
+async def test_send_group_wakes_a_waiting_receiver(layer: ChannelLayer) -> None:
+    await layer.group_add("room", "srv!conn1")
+    got: list[Any] = []
+
+    async def receiver() -> None:
+        got.append(await layer.receive("srv!"))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(0.05)
+            await layer.send_group("room", {"n": 1})
+    assert got == [("srv!conn1", {"n": 1})]
+
+
+async def test_group_stats_count_members(layer: ChannelLayer) -> None:
+    await layer.group_add("g1", "a")
+    await layer.group_add("g1", "b!x")
+    await layer.group_add("g2", "a")
+    stats = await layer.stats()
+    assert stats["groups"] == {"g1": 2, "g2": 1}
+    await layer.group_discard("g2", "a")
+    assert (await layer.stats())["groups"] == {"g1": 2}
+
+
+async def test_membership_expires_after_group_expiry(make_layer: Any) -> None:
+    layer = await make_layer(group_expiry=1)
+    await layer.group_add("room", "stale")
+    await layer.group_add("room", "fresh")
+    await trio.sleep(0.6)
+    await layer.group_add("room", "fresh")  # refreshed: expires 1 s from now
+    await trio.sleep(0.6)
+    await layer.send_group("room", {"n": 1})
+    assert await _drain(layer, "stale", "fresh") == [("fresh", {"n": 1})]
+    assert (await layer.stats())["groups"] == {"room": 1}
