@@ -226,7 +226,15 @@ async def deliver(
             attempts + 1,
             delay,
         )
-        await trio.sleep(delay)
+        try:
+            await trio.sleep(delay)
+        except trio.Cancelled:
+            logger.warning(
+                "mail from <%s> to %s dropped at shutdown with retries pending",
+                mail.sender,
+                ", ".join(pending),
+            )
+            raise
     for address in accepted:
         refused.pop(address, None)
     status = "sent" if not refused else ("partial" if accepted else "failed")

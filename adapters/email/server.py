@@ -190,7 +190,12 @@ class _Session:
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
-            await self.stream.send_all(out)
+            # A client that pipelines commands but never reads the replies would block
+            # this send for ever once the socket buffers are full: bound it too.
+            with trio.move_on_after(self.config.command_timeout) as scope:
+                await self.stream.send_all(out)
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError("the client does not read its replies")
             if not self.conn.in_data:
                 self.deadline = trio.current_time() + self.config.command_timeout
 

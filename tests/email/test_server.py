@@ -6,6 +6,7 @@ import email.policy
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -405,3 +406,25 @@ def test_config_errors(tmp_path: Path) -> None:
         make_config(
             certfile=str(tmp_path / "no.pem"), keyfile=str(tmp_path / "no.key")
         ).ssl_context()
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    layer: ChannelLayer, nursery: trio.Nursery
+) -> None:
+    host, port = await start(nursery, layer, make_config(command_timeout=0.5))
+
+    def flood() -> str:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(20)
+        sock.connect((host, port))
+        with sock:
+            deadline = time.monotonic() + 15
+            try:
+                while time.monotonic() < deadline:  # EHLO replies are ~20x the command
+                    sock.sendall(b"EHLO x\r\n" * 1000)
+            except OSError as exc:
+                return type(exc).__name__
+            return "never cut off"
+
+    assert await in_thread(flood) in ("ConnectionResetError", "BrokenPipeError")
