@@ -37,6 +37,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from csp_bus.errors import UsageError
+
 __all__ = [
     "NEED_DATA",
     "PAUSED",
@@ -437,7 +439,7 @@ class SMTPServerConnection:
 
     def _expect(self, state: State, method: str) -> None:
         if self.state is not state:
-            raise RuntimeError(f"{method}() called in state {self.state.value}")
+            raise UsageError(f"{method}() called in state {self.state.value}, not {state.value}")
 
     def _reset_transaction(self) -> None:
         self.sender: str | None = None

@@ -20,6 +20,8 @@ from csp_bus.adapters.email.protocol import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from csp_bus.errors import UsageError
+
 CONFIG = SessionConfig(hostname="mx.example.com", accepted_domains={"example.com", "Bücher.de"})
 EHLO = b"EHLO client.example.org\r\n"
 
@@ -279,7 +281,7 @@ def test_paused_until_the_glue_decides(smtp) -> None:
     event = conn.next_event()
     assert event.data == b"hi\r\n"
     assert conn.next_event() is PAUSED
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UsageError, match="wait-tls"):
         conn.tls_started()
     conn.accept_message()
     assert conn.next_event() is NEED_DATA
