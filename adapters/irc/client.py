@@ -175,6 +175,16 @@ class IrcConfig:
         return float(ceiling * (rng or random).uniform(0.5, 1.0))
 
 
+def _describe(exc: BaseException) -> str:
+    """The error and its causes in one line (trio wraps ssl errors without a message)."""
+    parts = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 4:
+        parts.append(str(current) or type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return ": ".join(parts)
+
+
 class _ConnectionLost(Exception):
     """Internal: the session ended (EOF, reset, lag timeout, failed registration)."""
 
@@ -234,7 +244,7 @@ class _Connection:
             try:
                 stream = await self._open()
             except (OSError, trio.TooSlowError, ssl.SSLError, trio.BrokenResourceError) as exc:
-                logger.warning("IRC %s: cannot connect: %s", self.server.address, exc or type(exc))
+                logger.warning("IRC %s: cannot connect: %s", self.server.address, _describe(exc))
             else:
                 registered = await self._session(stream)
             if registered:
@@ -257,7 +267,11 @@ class _Connection:
             stream = await trio.open_ssl_over_tcp_stream(
                 server.host, server.port, ssl_context=context
             )
-            await stream.do_handshake()
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
             return stream
 
     async def _drop_controls_while_offline(self) -> None:
@@ -309,7 +323,7 @@ class _Connection:
                 except _ConnectionLost as exc:
                     reason = str(exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._lost = f"connection lost: {exc or type(exc).__name__}"
+                    self._lost = f"connection lost: {_describe(exc)}"
                 nursery.cancel_scope.cancel()
         finally:
             reason = self._lost or reason
@@ -467,7 +481,7 @@ class _Connection:
             await self._write_loop(stream, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError, _ConnectionLost) as exc:
             # Ends the session without an exception group: the reader is cancelled.
-            self._lost = f"connection lost: {exc or type(exc).__name__}"
+            self._lost = f"connection lost: {_describe(exc)}"
             session.cancel()
 
     async def _write_loop(self, stream: trio.abc.Stream, client: IrcClient) -> None:

@@ -75,9 +75,11 @@ NGIRCD_CONF = """\
 class IrcServer:
     """One IRC server process on a fixed 127.0.0.1 port; :meth:`restart` keeps the port."""
 
-    def __init__(self, kind: str, binary: str) -> None:
+    def __init__(self, kind: str, binary: str, *, tls: bool = False) -> None:
         self.kind = kind
         self.binary = binary
+        self.tls = tls
+        self.ca_file: str | None = None  # with tls: the CA that signed the server's cert
         self.host = "127.0.0.1"
         self.port = _free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="csp-bus-ircd-"))
@@ -88,12 +90,35 @@ class IrcServer:
     def has_kick(self) -> bool:
         return self.kind == "ngircd"
 
+    def _certificate(self) -> tuple[Path, Path]:
+        import trustme  # dev extra: a throwaway CA, as in the email STARTTLS tests
+
+        ca = trustme.CA()
+        cert = ca.issue_cert(self.host)
+        cert_path, key_path = self.workdir / "cert.pem", self.workdir / "key.pem"
+        cert.private_key_pem.write_to_path(str(key_path))
+        cert.cert_chain_pems[0].write_to_path(str(cert_path))
+        ca_path = self.workdir / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_path))
+        self.ca_file = str(ca_path)
+        return cert_path, key_path
+
     def _command(self) -> list[str]:
         if self.kind == "ngircd":
             conf = self.workdir / "ngircd.conf"
-            conf.write_text(NGIRCD_CONF.format(port=self.port, workdir=self.workdir))
+            text = NGIRCD_CONF.format(port=self.port, workdir=self.workdir)
+            if self.tls:  # plain clients on another port, TLS on self.port
+                cert, key = self._certificate()
+                text = text.replace(f"Ports = {self.port}", f"Ports = {_free_port()}")
+                text += f"[SSL]\n    CertFile = {cert}\n    KeyFile = {key}\n"
+                text += f"    Ports = {self.port}\n"
+            conf.write_text(text)
             return [self.binary, "--nodaemon", "--config", str(conf)]
-        return [self.binary, "--listen", self.host, "--ports", str(self.port)]
+        command = [self.binary, "--listen", self.host, "--ports", str(self.port)]
+        if self.tls:
+            cert, key = self._certificate()
+            command += ["--ssl-cert-file", str(cert), "--ssl-key-file", str(key)]
+        return command
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -132,20 +157,35 @@ class IrcServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-@pytest.fixture
-def irc_server() -> Iterator[IrcServer]:
+def _make_server(tls: bool = False) -> IrcServer:
     forced = os.environ.get("CSP_BUS_TEST_IRCD", "")
     ngircd = None if forced == "miniircd" else _ngircd()
     if ngircd is not None:
-        server = IrcServer("ngircd", ngircd)
-    else:
+        return IrcServer("ngircd", ngircd, tls=tls)
         miniircd = _miniircd()
         if miniircd is None:
             pytest.skip(
                 "no IRC server to test against: install Debian's ngircd "
                 "(apt-get install -y ngircd) or PyPI's miniircd (pip install miniircd)"
             )
-        server = IrcServer("miniircd", miniircd)
+    return IrcServer("miniircd", miniircd, tls=tls)
+
+
+@pytest.fixture
+def irc_server() -> Iterator[IrcServer]:
+    server = _make_server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def irc_tls_server() -> Iterator[IrcServer]:
+    """The same server speaking TLS only, with a certificate from a throwaway CA
+    (``ca_file``) for 127.0.0.1."""
+    server = _make_server(tls=True)
     server.start()
     try:
         yield server

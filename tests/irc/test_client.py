@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -365,4 +366,31 @@ async def test_lag_is_measured(irc_server: Any) -> None:
             while state.lag is None:
                 await state.changed.wait()
         assert 0 <= state.lag < 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls(irc_tls_server: Any) -> None:
+    server = irc_tls_server
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        config = make_config(server)
+        tls_server = replace(config.servers[0], tls=True, tls_ca_file=server.ca_file)
+        recorder, _, _ = await start_bot(nursery, layer, replace(config, servers=(tls_server,)))
+        connect = await recorder.wait("irc-client.connect")
+        assert connect["nickname"] == "bot"
+        await recorder.wait("irc-client.join")
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls_refuses_an_unknown_certificate(
+    irc_tls_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = irc_tls_server
+    caplog.set_level(logging.WARNING, logger="csp_bus.adapters.irc")
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        config = make_config(server)
+        untrusted = replace(config.servers[0], tls=True)  # the system CAs: not ours
+        _, state, _ = await start_bot(nursery, layer, replace(config, servers=(untrusted,)))
+        await trio.sleep(0.5)
+        assert state.connects == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
         nursery.cancel_scope.cancel()
