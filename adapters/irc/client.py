@@ -177,7 +177,7 @@ class IrcConfig:
 
 def _describe(exc: BaseException) -> str:
     """The error and its causes in one line (trio wraps ssl errors without a message)."""
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(parts) < 4:
         parts.append(str(current) or type(current).__name__)
