@@ -1,0 +1,629 @@
+"""A small Redis client for Trio: RESP through ``hiredis``, automatic pipelining.
+
+Three pieces, each with one job:
+
+* :class:`Connection` -- one socket (TCP, TLS or Unix) plus a ``hiredis.Reader``. Used
+  directly by one task at a time for *blocking* commands (``BLMPOP``), which must have a
+  connection of their own.
+* :class:`Multiplexer` -- shares one :class:`Connection` between every task of the
+  program. Commands issued by many tasks in the same moment leave in one write (the first
+  task that finds no write in progress sends everything queued so far); one reader task
+  matches the replies to their callers in order.
+* :class:`RedisNode` -- one Redis server (or the current master behind Sentinel): a
+  multiplexer, a bounded pool of blocking connections, and the reconnect policy.
+
+Failure rules. A dropped connection fails every command waiting on it at once with
+:class:`~csp_bus.errors.LayerUnavailable`; a server silent for ``timeout`` seconds
+fails them with :class:`~csp_bus.errors.LayerTimeout`. Reconnecting is lazy, with
+exponential backoff and full jitter (50 ms doubling to 5 s): while a node is in backoff
+every command fails *at once* instead of queueing, so callers see the outage and decide.
+A command, once written, is never retried (it may have run: at-most-once).
+
+Cancellation. A command that was queued for writing runs to completion (bounded by
+``timeout``): the caller cannot tell whether Redis ran it, so it is not interrupted.
+Callers check for cancellation before they submit (``checkpoint_if_cancelled``).
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+import outcome
+import trio
+
+from ...errors import LayerError, LayerTimeout, LayerUnavailable
+
+__all__ = [
+    "ConnectOptions",
+    "Connection",
+    "Endpoint",
+    "Multiplexer",
+    "RedisNode",
+    "RedisReplyError",
+    "SentinelResolver",
+    "StaticResolver",
+]
+
+_NEED_DATA = object()
+_READ_SIZE = 65536
+
+# Reply errors that mean "this server cannot take writes now": the node drops its
+# connections, so the next command reconnects (and re-resolves the master via Sentinel).
+_UNAVAILABLE_CODES = frozenset({"READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
+
+
+class RedisReplyError(LayerError):
+    """Redis answered a command with an error reply; ``code`` is its first word."""
+
+    def __init__(self, message: str, *, command: str = "") -> None:
+        self.code = message.split(" ", 1)[0] if message else "ERR"
+        self.reply = message
+        self.command = command
+        where = f" to {command}" if command else ""
+        super().__init__(f"Redis answered{where}: {message}")
+
+
+def _reply_error(error: hiredis.ReplyError, command: str = "") -> LayerError:
+    text = str(error)
+    code = text.split(" ", 1)[0]
+    if code in _UNAVAILABLE_CODES:
+        return LayerUnavailable(f"Redis cannot serve {command or 'the command'} now: {text}")
+    return RedisReplyError(text, command=command)
+
+
+def _command_name(args: Sequence[Any]) -> str:
+    name = args[0] if args else ""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where a server listens: ``host``/``port``, or a Unix socket ``path``."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectOptions:
+    """How to open and talk to a server (built once from the URL)."""
+
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: ssl.SSLContext | None = None
+    connect_timeout: float = 2.0
+    #: seconds a non-blocking command may wait for its reply
+    timeout: float = 5.0
+    #: require ``ROLE`` = master after connecting (Sentinel)
+    require_master: bool = False
+    client_name: str | None = None
+
+
+class Connection:
+    """One connection to one server. Not safe for concurrent use: one task at a time."""
+
+    def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, options: ConnectOptions):
+        self.stream = stream
+        self.endpoint = endpoint
+        self.options = options
+        self.client_id: int = 0
+        self.broken = False
+        #: commands written whose reply has not been read yet
+        self.outstanding = 0
+        self._reader = hiredis.Reader(notEnoughData=_NEED_DATA)
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint, options: ConnectOptions) -> Connection:
+        """Connect, authenticate, select the database; errors are LayerUnavailable or
+        LayerTimeout (chained to the OS error), or RedisReplyError for a refused AUTH."""
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(options.connect_timeout):
+                if endpoint.path is not None:
+                    stream = await trio.open_unix_socket(endpoint.path)
+                else:
+                    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                if options.tls is not None:
+                    stream = trio.SSLStream(stream, options.tls, server_hostname=endpoint.host)
+                    await stream.do_handshake()
+                connection = cls(stream, endpoint, options)
+                await connection._handshake()
+                return connection
+        except trio.TooSlowError:
+            await _force_close(stream)
+            raise LayerTimeout(
+                f"connecting to Redis at {endpoint} took longer than "
+                f"{options.connect_timeout} s (connect_timeout)"
+            ) from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            await _force_close(stream)
+            raise LayerUnavailable(f"cannot connect to Redis at {endpoint}: {exc}") from exc
+        except BaseException:
+            await _force_close(stream)
+            raise
+
+    async def _handshake(self) -> None:
+        options = self.options
+        commands: list[tuple[Any, ...]] = []
+        if options.password is not None:
+            if options.username:
+                commands.append(("AUTH", options.username, options.password))
+            else:
+                commands.append(("AUTH", options.password))
+        if options.db:
+            commands.append(("SELECT", options.db))
+        if options.client_name:
+            commands.append(("CLIENT", "SETNAME", options.client_name))
+        if options.require_master:
+            commands.append(("ROLE",))
+        commands.append(("CLIENT", "ID"))
+        replies = await self.call_many(commands)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                name = command[0]
+                text = str(reply)
+                if name == "AUTH":
+                    # never echo the password
+                    raise RedisReplyError(text, command="AUTH") from None
+                raise _reply_error(reply, " ".join(str(part) for part in command))
+            if command[0] == "ROLE" and reply[0] != b"master":
+                raise LayerUnavailable(
+                    f"Redis at {self.endpoint} is a {reply[0].decode()}, not the master "
+                    "(a Sentinel failover is probably in progress)"
+                )
+        self.client_id = int(replies[-1])
+
+    # -- raw I/O -------------------------------------------------------------------------
+
+    async def write(self, data: bytes | bytearray, commands: int = 1) -> None:
+        """Send ``data`` whole; shielded, so a cancelled caller never leaves half a
+        command on the wire. Bounded by ``timeout``."""
+        self.outstanding += commands
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(self.options.timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            self.broken = True
+            raise LayerTimeout(f"writing to Redis at {self.endpoint} timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.broken = True
+            raise LayerUnavailable(f"the connection to Redis at {self.endpoint} broke") from exc
+
+    def next_reply(self) -> Any:
+        """A reply already buffered, or ``_NEED_DATA``."""
+        return self._reader.gets()
+
+    async def receive_some(self) -> None:
+        """Read more bytes into the parser; cancellable (trio loses no bytes)."""
+        try:
+            data = await self.stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.broken = True
+            raise LayerUnavailable(f"the connection to Redis at {self.endpoint} broke") from exc
+        if not data:
+            self.broken = True
+            raise LayerUnavailable(f"Redis at {self.endpoint} closed the connection")
+        try:
+            self._reader.feed(data)
+        except hiredis.ProtocolError as exc:  # pragma: no cover - a broken server
+            self.broken = True
+            raise LayerError(f"Redis at {self.endpoint} sent bytes that are not RESP") from exc
+
+    async def read_reply(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """The next reply (error replies are returned as ``hiredis.ReplyError``).
+
+        Cancellable at any point: a partly read reply stays in the parser, so the next
+        call continues it. Raises LayerTimeout after ``timeout`` (default: ``options``).
+        """
+        reply = self._reader.gets()
+        if reply is _NEED_DATA:
+            limit = self.options.timeout if timeout is None else timeout
+            try:
+                with trio.fail_after(limit):
+                    while reply is _NEED_DATA:
+                        await self.receive_some()
+                        reply = self._reader.gets()
+            except trio.TooSlowError:
+                self.broken = True
+                raise LayerTimeout(
+                    f"Redis at {self.endpoint} did not answer within {limit} s"
+                ) from None
+        self.outstanding -= 1
+        return reply
+
+    async def call(self, *args: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Send one command and return its reply; an error reply raises."""
+        await self.write(hiredis.pack_command(args))
+        reply = await self.read_reply(timeout)
+        if isinstance(reply, hiredis.ReplyError):
+            raise _reply_error(reply, _command_name(args))
+        return reply
+
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Pipeline ``commands``; replies in order, error replies returned, not raised."""
+        data = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
+        await self.write(data, len(commands))
+        return [await self.read_reply() for _ in commands]
+
+    def abort(self) -> None:
+        """Close the socket now, without waiting; a task reading it gets an error."""
+        self.broken = True
+        stream: Any = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            sock.close()
+
+    async def aclose(self) -> None:
+        self.broken = True
+        await _force_close(self.stream)
+
+
+async def _force_close(stream: trio.abc.Stream | None) -> None:
+    if stream is None:
+        return
+    with trio.CancelScope(shield=True):
+        if isinstance(stream, trio.SSLStream):
+            await trio.aclose_forcefully(stream)
+        else:
+            await stream.aclose()
+
+
+# ------------------------------------------------------------------------ multiplexer
+
+
+class _Waiter:
+    __slots__ = ("command", "count", "many", "parked", "replies", "result", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, count: int, command: str, many: bool) -> None:
+        self.task = task
+        self.count = count
+        self.many = many
+        self.command = command
+        self.replies: list[Any] = []
+        self.result: outcome.Outcome[Any] | None = None
+        self.parked = False
+
+
+def _abort_failed(_: Any) -> trio.lowlevel.Abort:
+    # Once written, a command runs to completion: see the module docstring.
+    return trio.lowlevel.Abort.FAILED
+
+
+class Multiplexer:
+    """One connection shared by every task; replies matched to callers in order."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._buffer = bytearray()
+        self._pending: deque[_Waiter] = deque()
+        self._flushing = False
+        self._error: LayerError | None = None
+        self._read_scope: trio.CancelScope | None = None
+        self._run_scope = trio.CancelScope()
+
+    @property
+    def broken(self) -> bool:
+        return self._error is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The reader task: runs until the connection breaks or :meth:`close`."""
+        task_status.started()
+        connection = self.connection
+        timeout = connection.options.timeout
+        with self._run_scope:
+            try:
+                while True:
+                    reply = connection.next_reply()
+                    while reply is not _NEED_DATA:
+                        self._deliver(reply)
+                        reply = connection.next_reply()
+                    deadline = trio.current_time() + timeout if self._pending else float("inf")
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        self._read_scope = scope
+                        await connection.receive_some()
+                    self._read_scope = None
+                    if scope.cancelled_caught:
+                        raise LayerTimeout(
+                            f"Redis at {connection.endpoint} did not answer within {timeout} s"
+                        )
+            except LayerError as exc:
+                self._break(exc)
+            finally:
+                self._read_scope = None
+                if self._error is None:
+                    self._break(LayerUnavailable(f"the connection to {connection.endpoint} closed"))
+                await connection.aclose()
+
+    def _deliver(self, reply: Any) -> None:
+        waiter = self._pending[0]
+        waiter.replies.append(reply)
+        if len(waiter.replies) < waiter.count:
+            return
+        self._pending.popleft()
+        if not waiter.many:
+            if isinstance(reply, hiredis.ReplyError):
+                waiter.result = outcome.Error(_reply_error(reply, waiter.command))
+            else:
+                waiter.result = outcome.Value(reply)
+        else:
+            waiter.result = outcome.Value(waiter.replies)
+        if waiter.parked:
+            trio.lowlevel.reschedule(waiter.task, waiter.result)
+        scope = self._read_scope
+        if scope is not None:  # progress: give the next reply a fresh timeout
+            scope.deadline = (
+                trio.current_time() + self.connection.options.timeout
+                if self._pending
+                else float("inf")
+            )
+
+    def _break(self, error: LayerError) -> None:
+        if self._error is None:
+            self._error = error
+        self.connection.broken = True
+        pending, self._pending = self._pending, deque()
+        for waiter in pending:
+            waiter.result = outcome.Error(error)
+            if waiter.parked:
+                trio.lowlevel.reschedule(waiter.task, waiter.result)
+        self._run_scope.cancel()
+
+    def close(self) -> None:
+        self._break(LayerUnavailable("the Redis connection was closed by the layer"))
+
+    async def _flush(self) -> None:
+        self._flushing = True
+        try:
+            while self._buffer:
+                data, self._buffer = self._buffer, bytearray()
+                await self.connection.write(data, 0)
+        except LayerError as exc:
+            self._break(exc)
+        finally:
+            self._flushing = False
+
+    async def _submit(self, data: bytes, count: int, command: str, many: bool = False) -> Any:
+        if self._error is not None:
+            raise self._error
+        waiter = _Waiter(trio.lowlevel.current_task(), count, command, many)
+        self._buffer += data
+        if not self._pending and self._read_scope is not None:
+            self._read_scope.deadline = trio.current_time() + self.connection.options.timeout
+        self._pending.append(waiter)
+        if not self._flushing:
+            await self._flush()
+        if waiter.result is None:
+            waiter.parked = True
+            return await trio.lowlevel.wait_task_rescheduled(_abort_failed)
+        return waiter.result.unwrap()
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one command; an error reply raises :class:`RedisReplyError`."""
+        return await self._submit(hiredis.pack_command(args), 1, _command_name(args))
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run several commands back to back (one write); error replies are returned."""
+        data = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
+        return await self._submit(data, len(commands), "pipeline", True)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------ resolvers
+
+Resolver = Callable[[], Awaitable[Endpoint]]
+
+
+class StaticResolver:
+    """A fixed address."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self) -> Endpoint:
+        return self.endpoint
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
+
+
+class SentinelResolver:
+    """Ask Redis Sentinels for the current master of ``service`` (tried in turn; the
+    one that answered last is asked first next time)."""
+
+    def __init__(
+        self, sentinels: Sequence[Endpoint], service: str, options: ConnectOptions
+    ) -> None:
+        self.sentinels = list(sentinels)
+        self.service = service
+        self.options = options
+
+    def __str__(self) -> str:
+        return f"sentinel master {self.service!r} via {', '.join(map(str, self.sentinels))}"
+
+    async def __call__(self) -> Endpoint:
+        errors: list[str] = []
+        for index, sentinel in enumerate(list(self.sentinels)):
+            try:
+                connection = await Connection.open(sentinel, self.options)
+            except LayerError as exc:
+                errors.append(f"{sentinel}: {exc}")
+                continue
+            try:
+                reply = await connection.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            except LayerError as exc:
+                errors.append(f"{sentinel}: {exc}")
+                continue
+            finally:
+                await connection.aclose()
+            if reply is None:
+                errors.append(f"{sentinel}: knows no master named {self.service!r}")
+                continue
+            if index:
+                self.sentinels.insert(0, self.sentinels.pop(index))
+            return Endpoint(host=reply[0].decode(), port=int(reply[1]))
+        raise LayerUnavailable(
+            f"no Redis Sentinel gave the master of {self.service!r}: " + "; ".join(errors)
+        )
+
+
+# ------------------------------------------------------------------------ node
+
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 5.0
+
+
+class RedisNode:
+    """One server: a shared multiplexed connection plus a bounded pool of dedicated
+    connections for blocking commands, reconnecting with backoff after failures.
+
+    ``nursery`` hosts the multiplexer's reader task; the owner cancels it on close.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        options: ConnectOptions,
+        nursery: trio.Nursery,
+        *,
+        name: str,
+        max_connections: int = 100,
+    ) -> None:
+        self.resolver = resolver
+        self.options = options
+        self.name = name
+        self._nursery = nursery
+        self._mux: Multiplexer | None = None
+        self._connect_lock = trio.Lock()
+        self._slots = trio.Semaphore(max_connections)
+        self._idle: list[Connection] = []
+        self._borrowed: set[Connection] = set()
+        self._failures = 0
+        self._retry_at = float("-inf")
+        self._last_error: LayerError | None = None
+        self._closed = False
+        self._generation = 0
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- connecting with backoff ----------------------------------------------------------
+
+    def _check_backoff(self) -> None:
+        if self._closed:
+            raise LayerUnavailable(f"the connection pool for Redis at {self.name} is closed")
+        wait = self._retry_at - trio.current_time()
+        if wait > 0:
+            raise LayerUnavailable(
+                f"Redis at {self.name} is unreachable (last error: {self._last_error}); "
+                f"next reconnect attempt in {wait:.2f} s"
+            ) from self._last_error
+
+    async def _connect(self) -> Connection:
+        self._check_backoff()
+        try:
+            endpoint = await self.resolver()
+            connection = await Connection.open(endpoint, self.options)
+        except LayerError as exc:
+            self._failures += 1
+            # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+            ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self._failures - 1))
+            self._retry_at = trio.current_time() + random.uniform(0, ceiling)
+            self._last_error = exc
+            raise
+        self._failures = 0
+        self._retry_at = float("-inf")
+        return connection
+
+    async def multiplexer(self) -> Multiplexer:
+        mux = self._mux
+        if mux is not None and not mux.broken:
+            return mux
+        async with self._connect_lock:
+            mux = self._mux
+            if mux is not None and not mux.broken:
+                return mux
+            connection = await self._connect()
+            mux = self._mux = Multiplexer(connection)
+            await self._nursery.start(mux.run)
+            return mux
+
+    def reset(self) -> None:
+        """Drop every connection (after READONLY & co.): the next command reconnects."""
+        self._generation += 1
+        if self._mux is not None:
+            self._mux.close()
+        for connection in self._idle:
+            connection.abort()
+        self._idle.clear()
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def execute(self, *args: Any) -> Any:
+        mux = await self.multiplexer()
+        try:
+            return await mux.execute(*args)
+        except LayerUnavailable:
+            if not mux.broken:  # READONLY & co. on a live connection: re-resolve
+                self.reset()
+            raise
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        mux = await self.multiplexer()
+        return await mux.execute_many(commands)
+
+    @asynccontextmanager
+    async def blocking(self) -> AsyncIterator[Connection]:
+        """Borrow a dedicated connection (waits while ``max_connections`` are out).
+
+        It goes back to the pool only when clean (no unread reply); else it is closed.
+        """
+        async with self._slots:
+            generation = self._generation
+            if self._idle:
+                connection = self._idle.pop()
+            else:
+                async with self._connect_lock:
+                    connection = await self._connect()
+            self._borrowed.add(connection)
+            try:
+                yield connection
+            finally:
+                self._borrowed.discard(connection)
+                if (
+                    connection.broken
+                    or connection.outstanding
+                    or self._closed
+                    or generation != self._generation
+                ):
+                    connection.abort()
+                    with trio.CancelScope(shield=True):
+                        await connection.aclose()
+                else:
+                    self._idle.append(connection)
+
+    def abort_borrowed(self) -> None:
+        """Close the dedicated connections in use: their blocked tasks wake with an error."""
+        for connection in list(self._borrowed):
+            connection.abort()
+
+    async def aclose(self) -> None:
+        """Close every connection; tasks blocked on a borrowed one get LayerUnavailable."""
+        self._closed = True
+        self.reset()
+        self.abort_borrowed()

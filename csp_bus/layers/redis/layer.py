@@ -1,0 +1,762 @@
+"""The Redis channel layer (``redis://``): many processes, many machines, one bus.
+
+Keys, scripts and the envelope format are specified in ``docs/redis-protocol.md``; in
+short, with ``P`` the ``prefix`` URL parameter:
+
+* ``P:q:<queue key>`` -- a LIST per queue: a normal or ``?`` channel's name, or a
+  process-local prefix ``a.b!``. Senders LPUSH, receivers pop on the right (FIFO).
+* ``P:g:<group>`` -- a ZSET of member channel -> membership expiry (Unix ms).
+
+Receiving. Normal channels listed in one ``receive`` are waited on together in one
+``BLMPOP`` on a dedicated connection, keys rotated on every call (fairness). Process-local
+prefixes are read by **one loop per prefix** in this process: it pops in batches only
+while some ``receive`` waits, and hands messages to local waiters. A receive that waits
+on several servers, or on local and normal channels together, races one waiter per
+source; whatever the losers took goes back where it came from. A receive cancelled while
+its ``BLMPOP`` is blocked unblocks it (``CLIENT UNBLOCK``) and pushes back anything the
+server popped in the meantime, so no message is lost and nothing piles up in memory: a
+loop's local buffer holds at most ``capacity`` messages and is pushed back to Redis when
+nobody has asked for it for a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import hiredis
+import outcome
+import trio
+
+from ...errors import ChannelFull, LayerClosed, LayerError, UsageError
+from ...messages import (
+    Message,
+    decode,
+    encode,
+    new_channel_name,
+    queue_key,
+    validate_group_name,
+    validate_receive_name,
+    validate_send_name,
+)
+from ..base import ChannelLayer
+from .client import (
+    Connection,
+    RedisNode,
+    SentinelResolver,
+    StaticResolver,
+    _reply_error,
+)
+from .config import URL_PARAMETERS, RedisConfig, parse_url, rendezvous
+from .scripts import FANOUT, GROUP_ADD, GROUP_MEMBERS, SEND, SEND_GROUP, capacity_args
+
+__all__ = ["RedisLayer"]
+
+log = logging.getLogger(__name__)
+
+#: seconds a normal receive's BLMPOP blocks before it is re-issued
+RECEIVE_BLOCK = 5.0
+#: seconds a process-local loop's BLMPOP blocks before it re-checks that someone waits
+LOOP_BLOCK = 1.0
+#: seconds a loop keeps unclaimed messages before pushing them back to Redis
+LINGER = 1.0
+#: largest batch a process-local loop pops at once
+BATCH = 256
+
+# (deadline ms, full channel name, msgpack payload, envelope as stored in Redis)
+_Item = tuple[int, str, bytes, bytes]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Waiter:
+    __slots__ = ("queues", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, queues: tuple[_LocalQueue, ...]) -> None:
+        self.task = task
+        self.queues = queues
+
+
+class _LocalQueue:
+    """A process-local prefix this process reads: its loop's buffer and waiters."""
+
+    __slots__ = ("buffer", "capacity", "demand", "key", "running", "served", "waiters")
+
+    def __init__(self, key: str, capacity: int) -> None:
+        self.key = key
+        self.capacity = capacity
+        self.buffer: deque[_Item] = deque()
+        self.waiters: dict[_Waiter, None] = {}
+        self.demand = trio.Event()
+        self.running = False
+        self.served = 0
+
+
+class RedisLayer(ChannelLayer):
+    """Channels in Redis, shared by every process that opens the same URL and prefix.
+
+    ``async with open_layer("redis://127.0.0.1:6379/0?prefix=myapp") as layer: ...``
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix", "redis+sentinel")
+    URL_PARAMETERS: ClassVar[dict[str, str]] = URL_PARAMETERS
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.options = config.layer
+        self.prefix = config.prefix
+        self._qprefix = f"{config.prefix}:q:"
+        self._gprefix = f"{config.prefix}:g:"
+        self._expiry_ms = int(self.options.expiry * 1000)
+        self._ttl_ms = self._expiry_ms + 1000
+        self._group_expiry_ms = int(self.options.group_expiry * 1000)
+        self._cap_args = capacity_args(self.options.capacity, self.options.channel_capacity)
+        if config.scheme == "redis+sentinel":
+            self._node_names = [f"sentinel:{config.service}"]
+        else:
+            self._node_names = [str(endpoint) for endpoint in config.endpoints]
+        self._nodes: list[RedisNode] = []
+        self._node_of: dict[str, RedisNode] = {}
+        self._capacities: dict[str, int] = {}
+        self._selectors: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._local: dict[str, _LocalQueue] = {}
+        self._opened = False
+        self._host_done = trio.Event()
+        self._loops: trio.Nursery | None = None
+        self._closed = False
+        self._rotation = 0
+        self._sent = 0
+        self._received = 0
+        self._expired = 0
+        self._dropped = 0
+        self._full = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        return cls(parse_url(url))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the layer's background host task; connections are made on first use.
+
+        The layer's own tasks (one reader per shared connection, one loop per
+        process-local prefix) live in a nursery owned by a Trio *system* task, so that
+        the layer may be opened in one task and closed in another (fixtures, the sync
+        facade) and never corrupts the caller's nursery stack. :meth:`aclose` ends it.
+        """
+        if self._opened:
+            return
+        if self._closed:
+            raise LayerClosed("the redis layer is closed; make a new one with from_url()")
+        self._opened = True
+        ready = trio.Event()
+        trio.lowlevel.spawn_system_task(
+            self._host, ready, name=f"csp-bus redis layer {self.prefix}"
+        )
+        await ready.wait()
+
+    def _make_nodes(self, nursery: trio.Nursery) -> None:
+        config = self.config
+        for name, endpoint in zip(self._node_names, config.endpoints, strict=False):
+            if config.scheme == "redis+sentinel":
+                assert config.service is not None and config.sentinel is not None
+                resolver: Any = SentinelResolver(config.endpoints, config.service, config.sentinel)
+            else:
+                resolver = StaticResolver(endpoint)
+            self._nodes.append(
+                RedisNode(
+                    resolver,
+                    config.connect,
+                    nursery,
+                    name=name,
+                    max_connections=config.max_connections,
+                )
+            )
+
+    async def _host(self, ready: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as connections:
+                self._make_nodes(connections)
+                async with trio.open_nursery() as loops:
+                    self._loops = loops
+                    ready.set()
+                    await trio.sleep_forever()  # until aclose() cancels this nursery
+                for node in self._nodes:
+                    await node.aclose()
+                connections.cancel_scope.cancel()
+        except Exception:  # a bug in a background task: close rather than crash the run
+            log.exception("the redis layer's background tasks failed; the layer is closed")
+        finally:
+            ready.set()
+            self._host_done.set()
+            if not self._closed:
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close: waiting receives get LayerClosed, connections are released, background
+        tasks end (each within ``timeout``). Idempotent; callable from any task."""
+        if not self._closed:
+            self._closed = True
+            closed = LayerClosed("the redis layer was closed while receiving")
+            for queue in self._local.values():
+                self._fail_waiters(queue, closed)
+            for node in self._nodes:
+                node.abort_borrowed()
+            if self._loops is not None:
+                self._loops.cancel_scope.cancel()
+        if self._opened:
+            with trio.CancelScope(shield=True):
+                await self._host_done.wait()
+
+    async def _enter(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise LayerClosed("the redis layer is closed")
+        if not self._opened:
+            raise UsageError("open the layer first: `async with open_layer(url) as layer:`")
+
+    def _closed_error(self, exc: LayerError) -> LayerClosed:
+        error = LayerClosed("the redis layer was closed")
+        error.__cause__ = exc
+        return error
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _node(self, hash_key: str) -> RedisNode:
+        nodes = self._nodes
+        if len(nodes) == 1:
+            return nodes[0]
+        node = self._node_of.get(hash_key)
+        if node is None:
+            if len(self._node_of) >= 65536:
+                self._node_of.clear()
+            node = self._node_of[hash_key] = nodes[rendezvous(hash_key, self._node_names)]
+        return node
+
+    def _capacity(self, key: str) -> int:
+        capacity = self._capacities.get(key)
+        if capacity is None:
+            if len(self._capacities) >= 4096:
+                self._capacities.clear()
+            capacity = self._capacities[key] = self.options.capacity_for(key)
+        return capacity
+
+    def _open_envelope(self, envelope: bytes, now: int) -> _Item | None:
+        """Parse a LIST element; None (counted) when expired or malformed."""
+        try:
+            deadline = int(envelope[:13])
+            newline = envelope.index(b"\n", 13)
+            channel = envelope[13:newline].decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            log.warning("dropped a malformed envelope from Redis: %r", envelope[:80])
+            self._expired += 1
+            return None
+        if deadline <= now:
+            self._expired += 1
+            return None
+        return deadline, channel, envelope[newline + 1 :], envelope
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        key = validate_send_name(channel)
+        payload = encode(message, self.options.max_message_size)
+        await self._enter()
+        now = _now_ms()
+        envelope = b"%013d%b\n%b" % (now + self._expiry_ms, channel.encode(), payload)
+        capacity = self._capacity(key)
+        try:
+            done = await SEND(
+                self._node(key), (self._qprefix + key,), (envelope, capacity, now, self._ttl_ms)
+            )
+        except LayerError as exc:
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            raise
+        if not done:
+            self._full += 1
+            raise ChannelFull(channel, capacity)
+        self._sent += 1
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _selector(self, channels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        found = self._selectors.get(channels)
+        if found is None:
+            if not channels:
+                raise ValueError("receive() needs at least one channel")
+            keys = dict.fromkeys(validate_receive_name(name) for name in channels)
+            local = tuple(key for key in keys if key.endswith("!"))
+            normal = tuple(key for key in keys if not key.endswith("!"))
+            if len(self._selectors) >= 1024:
+                self._selectors.clear()
+            found = self._selectors[channels] = (local, normal)
+        return found
+
+    def _local_queue(self, key: str) -> _LocalQueue:
+        queue = self._local.get(key)
+        if queue is None:
+            queue = self._local[key] = _LocalQueue(key, self._capacity(key))
+        return queue
+
+    def _by_node(self, keys: Sequence[str]) -> list[tuple[RedisNode, list[str]]]:
+        """Redis keys grouped by server, rotated so that each call starts elsewhere."""
+        self._rotation += 1
+        if len(keys) > 1:
+            shift = self._rotation % len(keys)
+            keys = [*keys[shift:], *keys[:shift]]
+        groups: dict[RedisNode, list[str]] = {}
+        for key in keys:
+            groups.setdefault(self._node(key), []).append(self._qprefix + key)
+        return list(groups.items())
+
+    def _take_local(self, queues: Sequence[_LocalQueue]) -> _Item | None:
+        """From the ready buffer served least recently (fair across prefixes)."""
+        now = _now_ms()
+        while True:
+            best = None
+            for queue in queues:
+                if queue.buffer and (best is None or queue.served < best.served):
+                    best = queue
+            if best is None:
+                return None
+            item = best.buffer.popleft()
+            if item[0] > now:
+                self._rotation += 1
+                best.served = self._rotation
+                return item
+            self._expired += 1
+
+    async def receive(self, *channels: str) -> tuple[str, Message]:
+        local_keys, normal_keys = self._selector(channels)
+        await self._enter()
+        try:
+            item = await self._receive(local_keys, normal_keys)
+        except LayerError as exc:
+            if self._closed and not isinstance(exc, LayerClosed):
+                raise self._closed_error(exc) from exc
+            raise
+        self._received += 1
+        return item[1], decode(item[2])
+
+    async def _receive(self, local_keys: tuple[str, ...], normal_keys: tuple[str, ...]) -> _Item:
+        queues = tuple(self._local_queue(key) for key in local_keys)
+        if queues and (item := self._take_local(queues)) is not None:
+            return item
+        if not normal_keys:
+            return await self._wait_local(queues)
+        groups = self._by_node(normal_keys)
+        if not queues and len(groups) == 1:
+            node, keys = groups[0]
+            return await self._pop_blocking(node, keys)
+        return await self._race(queues, groups)
+
+    async def _race(
+        self, queues: tuple[_LocalQueue, ...], groups: list[tuple[RedisNode, list[str]]]
+    ) -> _Item:
+        """Wait on every source at once; the first item wins, the others go back."""
+        won: list[tuple[RedisNode | None, _Item]] = []
+        errors: list[BaseException] = []
+
+        async def run_local(nursery: trio.Nursery) -> None:
+            try:
+                won.append((None, await self._wait_local(queues)))
+            except LayerError as exc:
+                errors.append(exc)
+            nursery.cancel_scope.cancel()
+
+        async def run_node(nursery: trio.Nursery, node: RedisNode, keys: list[str]) -> None:
+            try:
+                won.append((node, await self._pop_blocking(node, keys)))
+            except LayerError as exc:
+                errors.append(exc)
+            nursery.cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                if queues:
+                    nursery.start_soon(run_local, nursery)
+                for node, keys in groups:
+                    nursery.start_soon(run_node, nursery, node, keys)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for source, item in won:
+                    await self._give_back(source, item)
+            raise
+        if not won:
+            raise errors[0]
+        for source, item in won[1:]:
+            with trio.CancelScope(shield=True):
+                await self._give_back(source, item)
+        return won[0][1]
+
+    async def _give_back(self, node: RedisNode | None, item: _Item) -> None:
+        """Return an item taken but not delivered to where it came from, oldest end."""
+        channel = item[1]
+        key = queue_key(channel)
+        if node is None:
+            queue = self._local_queue(key)
+            queue.buffer.appendleft(item)
+            self._dispatch(queue)
+            return
+        try:
+            with trio.fail_after(self.config.connect.timeout):
+                await node.execute("RPUSH", self._qprefix + key, item[3])
+        except (LayerError, trio.TooSlowError):
+            log.warning("lost a message for %r: it could not be pushed back", channel)
+
+    # process-local prefixes: one loop per prefix, waiters in this process
+
+    async def _wait_local(self, queues: tuple[_LocalQueue, ...]) -> _Item:
+        waiter = _Waiter(trio.lowlevel.current_task(), queues)
+        for queue in queues:
+            queue.waiters[waiter] = None
+            if not queue.running:
+                queue.running = True
+                assert self._loops is not None
+                self._loops.start_soon(self._local_loop, queue)
+            queue.demand.set()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._unregister(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    def _unregister(self, waiter: _Waiter) -> None:
+        for queue in waiter.queues:
+            queue.waiters.pop(waiter, None)
+
+    def _dispatch(self, queue: _LocalQueue) -> None:
+        """Hand buffered items to waiters, oldest waiter first."""
+        if not queue.waiters:
+            return
+        now = _now_ms()
+        while queue.buffer and queue.waiters:
+            item = queue.buffer.popleft()
+            if item[0] <= now:
+                self._expired += 1
+                continue
+            waiter = next(iter(queue.waiters))
+            self._unregister(waiter)
+            trio.lowlevel.reschedule(waiter.task, outcome.Value(item))
+
+    def _fail_waiters(self, queue: _LocalQueue, error: BaseException) -> None:
+        for waiter in list(queue.waiters):
+            self._unregister(waiter)
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+
+    async def _local_loop(self, queue: _LocalQueue) -> None:
+        node = self._node(queue.key)
+        key = self._qprefix + queue.key
+        try:
+            while True:
+                if not queue.waiters:
+                    queue.demand = trio.Event()
+                    if queue.buffer:
+                        with trio.move_on_after(LINGER):
+                            await queue.demand.wait()
+                        if not queue.waiters and queue.buffer:
+                            await self._push_back(node, key, queue)
+                    else:
+                        await queue.demand.wait()
+                    continue
+                try:
+                    async with node.blocking() as connection:
+                        while queue.waiters:
+                            count = max(1, min(BATCH, queue.capacity - len(queue.buffer)))
+                            popped = await self._bpop(node, connection, [key], count, LOOP_BLOCK)
+                            if popped:
+                                now = _now_ms()
+                                for envelope in popped[1]:
+                                    item = self._open_envelope(envelope, now)
+                                    if item is not None:
+                                        queue.buffer.append(item)
+                                self._dispatch(queue)
+                except LayerError as exc:
+                    self._fail_waiters(queue, exc)
+        finally:
+            queue.running = False
+            with trio.CancelScope(shield=True):
+                await self._push_back(node, key, queue)
+
+    async def _push_back(self, node: RedisNode, key: str, queue: _LocalQueue) -> None:
+        """Return a loop's unclaimed buffer to Redis (oldest at the right end)."""
+        if not queue.buffer:
+            return
+        items = list(queue.buffer)
+        queue.buffer.clear()
+        try:
+            with trio.fail_after(self.config.connect.timeout):
+                await node.execute("RPUSH", key, *(item[3] for item in reversed(items)))
+        except (LayerError, trio.TooSlowError):
+            if self._closed:
+                log.warning("lost %d unclaimed messages of %r at close", len(items), queue.key)
+            else:
+                queue.buffer.extendleft(reversed(items))
+
+    # normal channels: one BLMPOP over all of a server's keys
+
+    async def _pop_blocking(self, node: RedisNode, keys: list[str]) -> _Item:
+        async with node.blocking() as connection:
+            while True:
+                popped = await self._bpop(node, connection, keys, 1, RECEIVE_BLOCK)
+                if popped:
+                    item = self._open_envelope(popped[1][0], _now_ms())
+                    if item is not None:
+                        return item
+
+    async def _bpop(
+        self, node: RedisNode, connection: Connection, keys: list[str], count: int, block: float
+    ) -> tuple[bytes, list[bytes]] | None:
+        """One cancellation-safe BLMPOP: if cancelled, nothing stays taken."""
+        command = ("BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", count)
+        await connection.write(hiredis.pack_command(command))
+        try:
+            reply = await connection.read_reply(block + self.config.connect.timeout)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._unblock(node, connection)
+            raise
+        if isinstance(reply, hiredis.ReplyError):
+            raise _reply_error(reply, "BLMPOP")
+        return None if reply is None else (reply[0], reply[1])
+
+    async def _unblock(self, node: RedisNode, connection: Connection) -> None:
+        """Stop a BLMPOP in flight; push back whatever it popped meanwhile."""
+        try:
+            with trio.fail_after(self.config.connect.timeout):
+                while True:
+                    await node.execute("CLIENT", "UNBLOCK", connection.client_id)
+                    # The UNBLOCK may overtake the BLMPOP (two sockets): then try again.
+                    with trio.move_on_after(0.05):
+                        reply = await connection.read_reply()
+                        break
+                if reply and not isinstance(reply, hiredis.ReplyError):
+                    await node.execute("RPUSH", reply[0], *reversed(reply[1]))
+        except (LayerError, trio.TooSlowError):
+            connection.abort()
+
+    async def receive_nowait(self, *channels: str) -> tuple[str, Message] | None:
+        local_keys, normal_keys = self._selector(channels)
+        await self._enter()
+        queues = tuple(self._local_queue(key) for key in local_keys)
+        item = self._take_local(queues) if queues else None
+        if item is None:
+            try:
+                item = await self._pop_now([*local_keys, *normal_keys])
+            except LayerError as exc:
+                if self._closed:
+                    raise self._closed_error(exc) from exc
+                raise
+        if item is None:
+            return None
+        self._received += 1
+        return item[1], decode(item[2])
+
+    async def _pop_now(self, keys: Sequence[str]) -> _Item | None:
+        for node, redis_keys in self._by_node(keys):
+            while True:
+                reply = await node.execute(
+                    "LMPOP", len(redis_keys), *redis_keys, "RIGHT", "COUNT", 1
+                )
+                if reply is None:
+                    break
+                item = self._open_envelope(reply[1][0], _now_ms())
+                if item is not None:
+                    return item
+        return None
+
+    async def new_channel(self, pattern: str) -> str:
+        await self._enter()
+        return new_channel_name(pattern)
+
+    # -- groups --------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_send_name(channel)
+        await self._enter()
+        expires = _now_ms() + self._group_expiry_ms
+        try:
+            await GROUP_ADD(
+                self._node(group),
+                (self._gprefix + group,),
+                (channel, expires, self._group_expiry_ms),
+            )
+        except LayerError as exc:
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            raise
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_send_name(channel)
+        await self._enter()
+        try:
+            await self._node(group).execute("ZREM", self._gprefix + group, channel)
+        except LayerError as exc:
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            raise
+
+    async def send_group(self, group: str, message: Message) -> None:
+        validate_group_name(group)
+        payload = encode(message, self.options.max_message_size)
+        await self._enter()
+        now = _now_ms()
+        args = (
+            self._qprefix,
+            payload,
+            b"%013d" % (now + self._expiry_ms),
+            now,
+            self._ttl_ms,
+            *self._cap_args,
+        )
+        group_key = self._gprefix + group
+        try:
+            if len(self._nodes) == 1:
+                sent, dropped, _dead = await SEND_GROUP(self._nodes[0], (group_key,), args)
+            else:
+                sent, dropped = await self._send_group_sharded(group, group_key, now, args)
+        except LayerError as exc:
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            raise
+        self._sent += sent
+        self._dropped += dropped
+
+    async def _send_group_sharded(
+        self, group: str, group_key: str, now: int, args: tuple[Any, ...]
+    ) -> tuple[int, int]:
+        """Members from the group's server, then one FANOUT per destination server."""
+        home = self._node(group)
+        members = await GROUP_MEMBERS(home, (group_key,), (now,))
+        buckets: dict[RedisNode, list[bytes]] = {}
+        for member in members:
+            channel = member.decode("ascii")
+            buckets.setdefault(self._node(queue_key(channel)), []).append(member)
+        totals = [0, 0]
+        dead: list[bytes] = []
+        errors: list[LayerError] = []
+
+        async def fan_out(node: RedisNode, batch: list[bytes]) -> None:
+            try:
+                reply = await FANOUT(node, (), (*args, *batch))
+            except LayerError as exc:
+                errors.append(exc)
+                return
+            totals[0] += reply[0]
+            totals[1] += reply[1]
+            dead.extend(reply[2:])
+
+        async with trio.open_nursery() as nursery:
+            for node, batch in buckets.items():
+                nursery.start_soon(fan_out, node, batch)
+        if dead:
+            await home.execute("ZREM", group_key, *dead)
+        if errors:
+            raise errors[0]
+        return totals[0], totals[1]
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    async def _scan(self, node: RedisNode, pattern: str) -> list[bytes]:
+        keys: list[bytes] = []
+        cursor = b"0"
+        while True:
+            cursor, batch = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            keys.extend(batch)
+            if cursor == b"0":
+                return keys
+
+    async def flush(self) -> None:
+        """Delete this layer's keys (``prefix:*``) on every server; nothing else."""
+        await self._enter()
+        for queue in self._local.values():
+            queue.buffer.clear()
+        try:
+            for node in self._nodes:
+                keys = await self._scan(node, f"{self.prefix}:*")
+                for start in range(0, len(keys), 1000):
+                    await node.execute("UNLINK", *keys[start : start + 1000])
+        except LayerError as exc:
+            if self._closed:
+                raise self._closed_error(exc) from exc
+            raise
+
+    async def stats(self, channel: str | None = None) -> dict[str, Any]:
+        await self._enter()
+        now = _now_ms()
+        if channel is not None:
+            if channel.endswith("!"):
+                key = validate_receive_name(channel)
+            else:
+                key = validate_send_name(channel)
+            replies = await self._node(key).execute_many(
+                [("LLEN", self._qprefix + key), ("LINDEX", self._qprefix + key, -1)]
+            )
+            return self._queue_stats(key, replies[0], replies[1], now)
+        channels: dict[str, dict[str, Any]] = {}
+        groups: dict[str, int] = {}
+        for node in self._nodes:
+            keys = await self._scan(node, f"{self._qprefix}*")
+            if keys:
+                replies = await node.execute_many(
+                    [command for key in keys for command in (("LLEN", key), ("LINDEX", key, -1))]
+                )
+                for index, key in enumerate(keys):
+                    name = key.decode()[len(self._qprefix) :]
+                    figures = self._queue_stats(
+                        name, replies[2 * index], replies[2 * index + 1], now
+                    )
+                    if figures["messages_pending"]:
+                        channels[name] = figures
+            group_keys = await self._scan(node, f"{self._gprefix}*")
+            if group_keys:
+                counts = await node.execute_many(
+                    [("ZCOUNT", key, now, "+inf") for key in group_keys]
+                )
+                for key, count in zip(group_keys, counts, strict=True):
+                    if count:
+                        groups[key.decode()[len(self._gprefix) :]] = count
+        for name, queue in self._local.items():
+            if queue.buffer and name not in channels:
+                channels[name] = self._queue_stats(name, 0, None, now)
+        return {
+            "messages_count": self._sent,
+            "messages_received": self._received,
+            "messages_expired": self._expired,
+            "messages_dropped": self._dropped,
+            "channel_full_count": self._full,
+            "messages_pending": sum(c["messages_pending"] for c in channels.values()),
+            "messages_max_age": max((c["messages_max_age"] for c in channels.values()), default=0),
+            "channels": channels,
+            "groups": groups,
+        }
+
+    def _queue_stats(self, key: str, length: int, oldest: bytes | None, now: int) -> dict[str, Any]:
+        pending = int(length)
+        age = 0.0
+        local = self._local.get(key)
+        if local is not None and local.buffer:
+            pending += len(local.buffer)
+            oldest_local = local.buffer[0][0]
+            age = max(age, (now - (oldest_local - self._expiry_ms)) / 1000)
+        if isinstance(oldest, bytes):
+            try:
+                sent_at = int(oldest[:13]) - self._expiry_ms
+                age = max(age, (now - sent_at) / 1000)
+            except ValueError:
+                pass
+        return {
+            "messages_pending": pending,
+            "messages_max_age": max(0.0, age),
+            "capacity": self._capacity(key),
+        }

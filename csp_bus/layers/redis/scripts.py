@@ -1,0 +1,207 @@
+"""The Lua scripts of the Redis layer (specified in ``docs/redis-protocol.md``).
+
+Scripts run with ``EVALSHA``; on ``NOSCRIPT`` (a restarted server, a promoted replica)
+they are loaded with ``SCRIPT LOAD`` and run again, never sent whole on every call.
+
+Envelope (one LIST element): 13 ASCII digits (deadline, Unix ms) + channel name + ``\\n``
++ msgpack message. Lists are pushed on the left (LPUSH) and popped on the right, so the
+right end holds the oldest message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .client import RedisNode, RedisReplyError
+
+__all__ = ["FANOUT", "SEND", "SEND_GROUP", "Script", "glob_to_lua"]
+
+
+class Script:
+    """A Lua script run by SHA1."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, node: RedisNode, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return await node.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        await node.execute("SCRIPT", "LOAD", self.source)
+        return await node.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+SEND = Script(
+    "send",
+    """
+-- KEYS[1] queue list; ARGV: envelope, capacity, now (ms), key time-to-live (ms)
+local n = redis.call('LLEN', KEYS[1])
+local cap = tonumber(ARGV[2])
+if n >= cap then
+  local now = tonumber(ARGV[3])
+  while n > 0 do
+    local tail = redis.call('LINDEX', KEYS[1], -1)
+    if tonumber(string.sub(tail, 1, 13)) > now then break end
+    redis.call('RPOP', KEYS[1])
+    n = n - 1
+  end
+  if n >= cap then return 0 end
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+""",
+)
+
+# The fan-out shared by SEND_GROUP (members read from the group) and FANOUT (members
+# given by the caller, for a sharded layer). Per member: its queue key (the part up to
+# '!' for a process-local channel); when the oldest message there has expired unread and
+# the member is process-local, its reader is gone: it leaves the group (DESIGN.md 3) and
+# is skipped; a full queue (after trimming expired messages) is skipped and counted.
+_FANOUT_BODY = """
+local qprefix, payload, deadline = ARGV[1], ARGV[2], ARGV[3]
+local now, ttl, default_cap = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local npatterns = tonumber(ARGV[7])
+local patterns = {}
+for i = 1, npatterns do
+  patterns[i] = {ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])}
+end
+local caps = {}
+local function capacity(qk)
+  local c = caps[qk]
+  if c then return c end
+  c = default_cap
+  for _, p in ipairs(patterns) do
+    if string.find(qk, p[1]) then c = p[2]; break end
+  end
+  caps[qk] = c
+  return c
+end
+local sent, dropped, dead = 0, 0, {}
+local function deliver(ch)
+  local bang = string.find(ch, '!', 1, true)
+  local qk = ch
+  if bang then qk = string.sub(ch, 1, bang) end
+  local key = qprefix .. qk
+  local tail = redis.call('LINDEX', key, -1)
+  if tail and tonumber(string.sub(tail, 1, 13)) <= now then
+    if bang then
+      dead[#dead + 1] = ch
+      dropped = dropped + 1
+      return
+    end
+  end
+  local n = redis.call('LLEN', key)
+  local cap = capacity(qk)
+  if n >= cap then
+    while n > 0 do
+      local t = redis.call('LINDEX', key, -1)
+      if tonumber(string.sub(t, 1, 13)) > now then break end
+      redis.call('RPOP', key)
+      n = n - 1
+    end
+    if n >= cap then
+      dropped = dropped + 1
+      return
+    end
+  end
+  redis.call('LPUSH', key, deadline .. ch .. '\\n' .. payload)
+  redis.call('PEXPIRE', key, ttl)
+  sent = sent + 1
+end
+"""
+
+SEND_GROUP = Script(
+    "send_group",
+    """
+-- KEYS[1] group sorted set (member -> expiry, ms); ARGV: queue key prefix, message,
+-- deadline (13 digits), now (ms), queue time-to-live (ms), default capacity,
+-- pattern count, then pattern/capacity pairs (Lua patterns)
+"""
+    + _FANOUT_BODY
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, ch in ipairs(members) do deliver(ch) end
+if #dead > 0 then redis.call('ZREM', KEYS[1], unpack(dead)) end
+return {sent, dropped, #dead}
+""",
+)
+
+FANOUT = Script(
+    "fanout",
+    """
+-- no KEYS (client-side sharding: the caller picked this server for these members);
+-- ARGV as send_group, then the member channel names
+"""
+    + _FANOUT_BODY
+    + """
+for i = 8 + 2 * npatterns, #ARGV do deliver(ARGV[i]) end
+local result = {sent, dropped}
+for _, ch in ipairs(dead) do result[#result + 1] = ch end
+return result
+""",
+)
+
+GROUP_MEMBERS = Script(
+    "group_members",
+    """
+-- KEYS[1] group sorted set; ARGV[1] now (ms): drop expired members, return the rest
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+""",
+)
+
+GROUP_ADD = Script(
+    "group_add",
+    """
+-- KEYS[1] group sorted set; ARGV: member, its expiry (ms), group time-to-live (ms)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+""",
+)
+
+_LUA_MAGIC = set("^$()%.[]*+-?")
+
+
+def glob_to_lua(pattern: str) -> str:
+    """A ``fnmatch`` glob (``*``, ``?``, ``[seq]``, ``[!seq]``) as an anchored Lua pattern."""
+    out = ["^"]
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        i += 1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i:end]
+            i = end + 1
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            escaped = "".join("%" + c if c in _LUA_MAGIC and c != "-" else c for c in body)
+            out.append("[" + ("^" if negate else "") + escaped + "]")
+        elif char in _LUA_MAGIC:
+            out.append("%" + char)
+        else:
+            out.append(char)
+    out.append("$")
+    return "".join(out)
+
+
+def capacity_args(default: int, patterns: Mapping[str, int]) -> list[Any]:
+    """ARGV tail describing per-pattern capacities for the fan-out scripts."""
+    args: list[Any] = [default, len(patterns)]
+    for pattern, value in patterns.items():
+        args += [glob_to_lua(pattern), value]
+    return args
