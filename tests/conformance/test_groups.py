@@ -140,12 +140,12 @@ async def test_group_stats_count_members(layer: ChannelLayer) -> None:
 
 
 async def test_membership_expires_after_group_expiry(make_layer: Any) -> None:
-    layer = await make_layer(group_expiry=1)
+    layer = await make_layer(group_expiry=0.5)
     await layer.group_add("room", "stale")
     await layer.group_add("room", "fresh")
-    await trio.sleep(0.6)
-    await layer.group_add("room", "fresh")  # refreshed: expires 1 s from now
-    await trio.sleep(0.6)
+    await trio.sleep(0.35)
+    await layer.group_add("room", "fresh")  # refreshed: expires 0.5 s from now
+    await trio.sleep(0.35)
     await layer.send_group("room", {"n": 1})
     assert await _drain(layer, "stale", "fresh") == [("fresh", {"n": 1})]
     assert (await layer.stats())["groups"] == {"room": 1}

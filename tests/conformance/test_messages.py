@@ -132,17 +132,21 @@ class Opaque:
 @pytest.mark.parametrize(
     ("message", "path", "reason"),
     [
-        ({"items": [1, 2, 3, {1, 2}]}, "message['items'][3]", "set is not allowed"),
-        ({"a": {"b": [0, (1, Opaque())]}}, "message['a']['b'][1][1]", "Opaque is not allowed"),
-        ({"when": 1j}, "message['when']", "complex is not allowed"),
-        ({"f": frozenset()}, "message['f']", "frozenset is not allowed"),
-        ({"b": bytearray(b"x")}, "message['b']", "bytearray is not allowed"),
-        ({"od": OrderedDict(a=1)}, "message['od']", "OrderedDict is not allowed"),
-        ({"big": 2**64}, "message['big']", "int does not fit in 64 bits"),
-        ({"small": -(2**63) - 1}, "message['small']", "int does not fit in 64 bits"),
+        ({"items": [1, 2, 3, {1, 2}]}, 'message["items"][3]', "set is not allowed"),
+        ({"a": {"b": [0, (1, Opaque())]}}, 'message["a"]["b"][1][1]', "Opaque is not allowed"),
+        ({"when": 1j}, 'message["when"]', "complex is not allowed"),
+        ({"f": frozenset()}, 'message["f"]', "frozenset is not allowed"),
+        ({"b": bytearray(b"x")}, 'message["b"]', "bytearray is not allowed"),
+        ({"od": OrderedDict(a=1)}, 'message["od"]', "OrderedDict is not allowed"),
+        ({"big": 2**64}, 'message["big"]', "int does not fit in 64 bits"),
+        ({"small": -(2**63) - 1}, 'message["small"]', "int does not fit in 64 bits"),
         ({1: "one"}, "message[1]", "key of type int is not allowed (keys are str)"),
-        ({"x": {b"k": 1}}, "message['x'][b'k']", "key of type bytes is not allowed (keys are str)"),
-        ({"x": [{None: 1}]}, "message['x'][0][None]", "key of type NoneType is not allowed"),
+        (
+            {"x": {b"k": 1}},
+            "message[\"x\"][b'k']",
+            "key of type bytes is not allowed (keys are str)",
+        ),
+        ({"x": [{None: 1}]}, 'message["x"][0][None]', "key of type NoneType is not allowed"),
         ([1, 2], "message", "must be a dict, not list"),
         ("text", "message", "must be a dict, not str"),
         (None, "message", "must be a dict, not NoneType"),
@@ -182,7 +186,7 @@ async def test_invalid_message_raised_by_send_group_too(layer: ChannelLayer) -> 
     await layer.group_add("g", "member")
     with pytest.raises(InvalidMessage) as info:
         await layer.send_group("g", {"items": [1, 2, 3, {1}]})
-    assert info.value.path == "message['items'][3]"
+    assert info.value.path == 'message["items"][3]'
     assert await layer.receive_nowait("member") is None
 
 
