@@ -149,6 +149,8 @@ def new_channel_name(pattern: str) -> str:
     _check_chars(pattern, markers=True, error=InvalidChannelName)
     if pattern[-1] not in _MARKERS:
         raise InvalidChannelName(pattern, "a new_channel() pattern must end in '!' or '?'")
+    if pattern[0] in _MARKERS:
+        raise InvalidChannelName(pattern, f"must not start with {pattern[0]!r}")
     name = pattern + random_suffix()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidChannelName(pattern, "too long to add a random suffix and stay under 100")

@@ -207,13 +207,13 @@ class MemoryLayer(ChannelLayer):
     def _selector(self, channels: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
         # The same channels as last time (a listen() loop, a worker) is the common case;
         # comparing tuples skips hashing a long one.
+        if not channels:
+            raise ValueError("receive() needs at least one channel")
         last = self._last_selector
         if last[0] is channels or last[0] == channels:
             return last[1], last[2]
         found = self._selectors.get(channels)
         if found is None:
-            if not channels:
-                raise ValueError("receive() needs at least one channel")
             keys = tuple(dict.fromkeys(validate_receive_name(name) for name in channels))
             if len(self._selectors) >= 1024:
                 self._selectors.clear()
@@ -384,10 +384,21 @@ class MemoryLayer(ChannelLayer):
         if not members:
             return
         now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
         for channel, expires in list(members.items()):
             if expires <= now:
                 self._leave(group, channel)
-            elif self._deliver(queue_key(channel), channel, payload, now):
+                continue
+            key = queue_key(channel)
+            queue = self._queues.get(key)
+            if queue and queue[0][0] <= now:
+                # An expired message at the head may mean a dead reader: purging it
+                # removes a process-local member from its groups before we deliver.
+                self._purge_expired(key, queue, now)
+                if channel not in members:
+                    continue
+            if self._deliver(key, channel, payload, now):
                 self._sent += 1
             else:
                 self._dropped += 1
