@@ -332,6 +332,16 @@ async def serve_smtp(
     let the messages in flight finish, then return.
     """
     server = _Server(layer, config, stopping, access_log)
+    options = getattr(layer, "options", None)
+    bus_limit = getattr(options, "max_message_size", None)
+    if isinstance(bus_limit, int) and 2 * config.session.max_message_size + 4096 > bus_limit:
+        # email.receive carries the raw bytes and the decoded parts: about twice the mail.
+        logger.warning(
+            "SMTP max message size %d may not fit the layer's max_message_size %d once "
+            "parsed (raw + decoded parts); such mail is refused with 552",
+            config.session.max_message_size,
+            bus_limit,
+        )
     listeners: list[trio.SocketListener] = []
     try:
         for host, port in config.binds:

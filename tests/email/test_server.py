@@ -428,3 +428,23 @@ async def test_a_client_that_never_reads_is_cut_off(
             return "never cut off"
 
     assert await in_thread(flood) in ("ConnectionResetError", "BrokenPipeError")
+
+
+async def test_mail_too_big_for_the_bus_is_552(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_layer("memory://?max_message_size=3000") as layer:
+        host, port = await start(nursery, layer, make_config(session_max_message_size=2000))
+        assert "may not fit the layer's max_message_size 3000" in caplog.text
+
+        def send() -> None:
+            with smtplib.SMTP(host, port) as client:
+                small = b"Subject: small\r\n\r\n" + b"y" * 70 + b"\r\n"
+                client.sendmail("a@example.org", ["s@example.com"], small)
+                big = b"Subject: big\r\n\r\n" + (b"z" * 70 + b"\r\n") * 25  # ~1.8 KB
+                client.sendmail("a@example.org", ["s@example.com"], big)
+
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            await in_thread(send)
+        assert info.value.smtp_code == 552 and b"too big for the bus" in info.value.smtp_error
+        assert (await next_mail(layer))["headers"]["subject"] == "small"
