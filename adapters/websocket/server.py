@@ -123,7 +123,8 @@ class _Session:
         self.broken = False
         self.ending = False
         self.writer_done = trio.Event()
-        self.events_lock = trio.Lock()
+        self.read_scope: trio.CancelScope | None = None
+        self.kicked = False
         self.io_scope = trio.CancelScope()
         self.wait_scope: trio.CancelScope | None = None
         self.handshake_deadline = math.inf
@@ -200,23 +201,35 @@ class _Session:
             self.writer_done.set()
 
     async def reader(self) -> None:
+        # The reader is the only task that takes events out of the protocol (until
+        # finish()), so they reach the bus in order; the replier kicks it when a reply
+        # produced some (frames sent before the accept, a disconnect).
         ws = self.ws
         while True:
-            try:
-                data = await self.stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            ws.receive_data(data)
+            data: bytes | bytearray | None = None
+            if not self.kicked:
+                with trio.CancelScope() as self.read_scope:
+                    try:
+                        data = await self.stream.receive_some(_READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                self.read_scope = None
+            self.kicked = False
+            if data is not None:
+                ws.receive_data(data)
             await self.handle_events()
             self.flush()
-            if not data:
+            if data == b"":
                 return
 
-    async def handle_events(self) -> None:
-        async with self.events_lock:
-            await self._handle_events()
+    def kick_reader(self) -> None:
+        """Make the reader look at the protocol's events now (a cancelled
+        ``receive_some`` loses no data)."""
+        self.kicked = True
+        if self.read_scope is not None:
+            self.read_scope.cancel()
 
-    async def _handle_events(self) -> None:
+    async def handle_events(self) -> None:
         ws = self.ws
         while True:
             try:
@@ -294,12 +307,8 @@ class _Session:
                 self.apply(message)
             elif ws.state is not State.CLOSED and trio.current_time() >= self.next_deadline():
                 self.on_deadline(trio.current_time())
+                self.kick_reader()
             self.flush()
-            # Events the reply caused (frames that came before the accept, a
-            # disconnect after a reject). If the reader is busy handing events over,
-            # it drains these too, in order.
-            if not self.events_lock.locked():
-                await self.handle_events()
 
     def on_deadline(self, now: float) -> None:
         ws = self.ws
@@ -322,6 +331,7 @@ class _Session:
             if ws.state is State.CONNECTING:
                 ws.reject(500, "the application sent an invalid answer")
         if was_connecting and ws.state is not State.CONNECTING:
+            self.kick_reader()  # frames that came before the accept, or a disconnect
             self.status = 101 if ws.rejected_status is None else ws.rejected_status
             if ws.state is State.OPEN:
                 ws.tick(trio.current_time())  # start the keep-alive clock
