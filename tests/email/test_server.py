@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import email.policy
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -448,3 +450,55 @@ async def test_mail_too_big_for_the_bus_is_552(
             await in_thread(send)
         assert info.value.smtp_code == 552 and b"too big for the bus" in info.value.smtp_error
         assert (await next_mail(layer))["headers"]["subject"] == "small"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A redis-server of this test's own, so that the test may stop it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield process, port
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.redis
+async def test_redis_down_answers_451(
+    nursery: trio.Nursery, private_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    process, port = private_redis
+    url = f"redis://127.0.0.1:{port}/0?connect_timeout=0.5&timeout=1"
+    async with open_layer(url) as layer:
+        host, smtp_port = await start(nursery, layer, make_config(bus_wait=0))
+        raw = b"Subject: via redis\r\n\r\nbody\r\n"
+
+        def send() -> None:
+            with smtplib.SMTP(host, smtp_port, timeout=30) as client:
+                client.sendmail("a@example.org", ["s@example.com"], raw)
+
+        await in_thread(send)
+        assert (await next_mail(layer))["headers"]["subject"] == "via redis"
+        process.kill()
+        await in_thread(process.wait)
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            await in_thread(send)
+        assert info.value.smtp_code == 451
