@@ -655,6 +655,7 @@ _WANTED_CAPS: Final = ("message-tags", "server-time", "multi-prefix", "account-t
 # the "~" ident prefix, HOSTLEN 63 in RFC 2812 / most servers).
 _ASSUMED_USER: Final = 10
 _ASSUMED_HOST: Final = 63
+_URGENT_LIMIT: Final = 1000  # protocol replies waiting to be written
 _NICK_ERRORS: Final = frozenset({"431", "432", "433", "436", "437"})
 _SASL_FAIL: Final = frozenset({"902", "904", "905", "906", "908"})
 
@@ -704,6 +705,13 @@ class IrcClient:
     # -- output -------------------------------------------------------------------------
 
     def _urgent_line(self, command: str, *params: str) -> None:
+        if len(self._urgent) >= _URGENT_LIMIT:
+            # Only a hostile server gets here (thousands of PINGs or CTCPs faster than
+            # we can write): stop answering and let the glue drop the connection.
+            if self.state != "closed":
+                self.state = "closed"
+                self._emit(ServerError(reason="server flood: too many replies pending"))
+            return
         self._urgent.append(Line(command=command, params=params).to_bytes())
 
     def _queue(self, line: Line) -> None:

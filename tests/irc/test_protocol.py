@@ -325,6 +325,46 @@ def test_hostile_bytes_into_the_client(data: bytes) -> None:
             assert b"\r" not in line[:-2] and b"\n" not in line[:-2] and b"\x00" not in line
 
 
+def _client_events(chunks: list[bytes]) -> list[object]:
+    client = IrcClient(ClientSettings(nick="bot", flood_burst=1000))
+    client.start()
+    out: list[object] = []
+    for chunk in chunks:
+        client.receive_data(chunk)
+        while True:
+            try:
+                event = client.next_event()
+            except IrcProtocolError:
+                out.append(IrcProtocolError)
+                continue
+            if event is None:
+                break
+            out.append(event)
+    out.extend(drain(client))
+    return out
+
+
+@given(hostile)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_client_sees_the_same_whole_or_byte_by_byte(data: bytes) -> None:
+    data = b":srv 001 bot :hi\r\n" + data + b"\r\n:a!b@c PRIVMSG #x :end\r\n"
+    whole = _client_events([data])
+    bytewise = _client_events([data[i : i + 1] for i in range(len(data))])
+    assert whole == bytewise
+    end = Received(type="message", user=UserMask("a", "b", "c"), channel="#x", body="end")
+    closed = any(isinstance(event, (ServerError, RegistrationFailed)) for event in whole)
+    assert closed or end in whole  # hostile lines never swallow the lines after them
+
+
+def test_a_ping_flood_is_bounded() -> None:
+    client = registered()
+    client.receive_data(b"PING :x\r\n" * 1500)
+    events = list(client.events())
+    assert events == [ServerError(reason="server flood: too many replies pending")]
+    assert client.pending_lines() == 1000
+    assert client.state == "closed"
+
+
 def test_overlong_line_is_discarded_and_reading_goes_on() -> None:
     reader = LineReader(max_line=100)
     reader.receive_data(b"PRIVMSG #a :" + b"x" * 200)
