@@ -563,6 +563,14 @@ class WebSocketAdapter(Adapter):
             help="answer 504 when websocket.connect gets no accept/reject in time (default 5)",
         )
         group.add_argument(
+            "--ws-receive-timeout",
+            type=_seconds,
+            default=defaults.receive_timeout,
+            metavar="SECONDS",
+            help="while websocket.receive is full the socket is not read; still full "
+            f"after SECONDS, close with 1013 (default {defaults.receive_timeout:g})",
+        )
+        group.add_argument(
             "--ws-max-connections",
             type=int,
             default=None,
@@ -607,6 +615,7 @@ class WebSocketAdapter(Adapter):
                     root_path=server.root_path,
                 ),
                 handshake_timeout=args.ws_handshake_timeout,
+                receive_timeout=args.ws_receive_timeout,
                 max_connections=args.ws_max_connections,
                 max_send_buffer=args.ws_max_send_buffer,
             )
