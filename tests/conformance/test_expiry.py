@@ -74,22 +74,9 @@ async def test_expired_process_local_member_leaves_its_groups(make_layer: Any) -
     assert (await layer.stats())["groups"] == {"room": 1}
 
 
-async def test_send_group_drops_an_expired_process_local_member(
-    make_layer: Any, layer_kind: str, known_bug: Any
-) -> None:
+async def test_send_group_drops_an_expired_process_local_member(make_layer: Any) -> None:
     """The rule's point is that dead members must not cost every send_group: a layer
     carrying only group traffic must drop them too, without anyone receiving on them."""
-    known_bug(
-        layer_kind,
-        "memory",
-        "MemoryLayer.send_group (csp_bus/layers/memory.py, send_group) delivers to a "
-        "process-local member without looking at its queue's expired head, and the sweep "
-        "that would purge it (_sweep) runs only from send(): with group traffic only, a "
-        "dead member keeps getting every message until its prefix queue fills. Repro: "
-        "expiry=0.5; group_add('room','dead!c'); send_group; sleep 0.7; send_group; "
-        "receive_nowait('dead!') returns the second message and stats groups still "
-        "counts the member",
-    )
     layer = await make_layer(expiry=EXPIRY)
     await layer.group_add("room", "dead!conn")
     await layer.group_add("room", "alive!conn")

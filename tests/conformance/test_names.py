@@ -146,26 +146,12 @@ async def test_bad_name_is_refused_before_the_message_is_looked_at(layer: Channe
         await layer.send("bad name", {"not": {"a", "valid", "message"}})
 
 
-NO_CHANNEL_BUG = (
-    "csp_bus/layers/memory.py:105 initialises _last_selector to ((), (), frozenset()), so "
-    "_selector(()) on a layer that has not received yet matches it (line 211) and returns "
-    "no keys instead of raising ValueError: receive() then waits for ever and "
-    "receive_nowait() returns None"
-)
-
-
-async def test_receive_with_no_channel_is_a_value_error(
-    layer: ChannelLayer, layer_kind: str, known_bug: Any
-) -> None:
-    known_bug(layer_kind, "memory", NO_CHANNEL_BUG)
+async def test_receive_with_no_channel_is_a_value_error(layer: ChannelLayer) -> None:
     with trio.fail_after(1), pytest.raises(ValueError):
         await layer.receive()
 
 
-async def test_receive_nowait_with_no_channel_is_a_value_error(
-    layer: ChannelLayer, layer_kind: str, known_bug: Any
-) -> None:
-    known_bug(layer_kind, "memory", NO_CHANNEL_BUG)
+async def test_receive_nowait_with_no_channel_is_a_value_error(layer: ChannelLayer) -> None:
     with pytest.raises(ValueError):
         await layer.receive_nowait()
 
@@ -211,16 +197,9 @@ async def test_new_process_local_channel_is_read_through_its_prefix(layer: Chann
     assert await layer.receive("daphne.response!") == (name, {"n": 1})
 
 
-BARE_MARKER_BUG = (
-    "BUG(messages.py): csp_bus/messages.py:147 new_channel_name() accepts a bare '!' or '?' "
-    "pattern and returns e.g. '?68b6b7024c4ba689', a name that send() and receive() then "
-    "refuse ('must not start with'); it lacks the leading-marker check the other rules have"
-)
-
-
 async def test_new_channel_result_is_usable_whatever_the_pattern(layer: ChannelLayer) -> None:
     """Whatever new_channel() returns can be sent to (or it raised InvalidChannelName)."""
-    for pattern in ["a!", "a?", "-!", "._?", "9?"]:
+    for pattern in ["!", "?", "a!", "a?", "-!", "._?", "9?"]:
         try:
             name = await layer.new_channel(pattern)
         except InvalidChannelName:
@@ -241,8 +220,8 @@ async def test_new_channel_result_is_usable_whatever_the_pattern(layer: ChannelL
         "bad name?",
         "bad$!",
         "",
-        pytest.param("!", marks=pytest.mark.xfail(reason=BARE_MARKER_BUG)),
-        pytest.param("?", marks=pytest.mark.xfail(reason=BARE_MARKER_BUG)),
+        "!",  # nothing before the marker: the name could not be sent to
+        "?",
         "p" * 98 + "?",  # no room for a suffix under 100 characters
     ],
     ids=repr,
