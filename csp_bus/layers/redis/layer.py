@@ -51,7 +51,16 @@ from .client import (
     _reply_error,
 )
 from .config import URL_PARAMETERS, RedisConfig, parse_url, rendezvous
-from .scripts import FANOUT, GROUP_ADD, GROUP_MEMBERS, SEND, SEND_GROUP, capacity_args
+from .scripts import (
+    FANOUT,
+    GROUP_ADD,
+    GROUP_DISCARD,
+    GROUP_MEMBERS,
+    LEAVE_ALL,
+    SEND,
+    SEND_GROUP,
+    capacity_args,
+)
 
 __all__ = ["RedisLayer"]
 
@@ -112,6 +121,8 @@ class RedisLayer(ChannelLayer):
         self.prefix = config.prefix
         self._qprefix = f"{config.prefix}:q:"
         self._gprefix = f"{config.prefix}:g:"
+        self._mprefix = f"{config.prefix}:m:"
+        self._dead: set[str] = set()
         self._expiry_ms = int(self.options.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
         self._group_expiry_ms = int(self.options.group_expiry * 1000)
@@ -130,6 +141,7 @@ class RedisLayer(ChannelLayer):
         self._loops: trio.Nursery | None = None
         self._closed = False
         self._rotation = 0
+        self._turn = 0
         self._sent = 0
         self._received = 0
         self._expired = 0
@@ -259,8 +271,32 @@ class RedisLayer(ChannelLayer):
             return None
         if deadline <= now:
             self._expired += 1
+            if "!" in channel:
+                self._dead.add(channel)
             return None
         return deadline, channel, envelope[newline + 1 :], envelope
+
+    async def _reap(self) -> None:
+        """Process-local channels whose message expired unread have a dead reader: they
+        leave every group (DESIGN.md 3). Shielded: idempotent cleanup, bounded."""
+        dead, self._dead = self._dead, set()
+        with trio.CancelScope(shield=True):
+            for channel in dead:
+                try:
+                    with trio.fail_after(self.config.connect.timeout):
+                        await self._leave_all(channel)
+                except (LayerError, trio.TooSlowError) as exc:
+                    log.warning(
+                        "could not remove dead channel %r from its groups: %s", channel, exc
+                    )
+
+    async def _leave_all(self, channel: str) -> None:
+        node = self._node(queue_key(channel))
+        groups = await LEAVE_ALL(node, (self._mprefix + channel,), (self._gprefix, channel))
+        for group in groups:
+            home = self._node(group.decode())
+            if home is not node:
+                await home.execute("ZREM", self._gprefix + group.decode(), channel)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -342,11 +378,20 @@ class RedisLayer(ChannelLayer):
             if self._closed and not isinstance(exc, LayerClosed):
                 raise self._closed_error(exc) from exc
             raise
+        finally:
+            if self._dead:
+                await self._reap()
         self._received += 1
         return item[1], decode(item[2])
 
     async def _receive(self, local_keys: tuple[str, ...], normal_keys: tuple[str, ...]) -> _Item:
         queues = tuple(self._local_queue(key) for key in local_keys)
+        if queues and normal_keys:
+            # Alternate which kind is looked at first, so that a full local buffer
+            # never starves the plain channels (fairness across channels).
+            self._turn += 1
+            if self._turn % 2 and (item := await self._pop_now(normal_keys)) is not None:
+                return item
         if queues and (item := self._take_local(queues)) is not None:
             return item
         if not normal_keys:
@@ -479,6 +524,8 @@ class RedisLayer(ChannelLayer):
                                     if item is not None:
                                         queue.buffer.append(item)
                                 self._dispatch(queue)
+                                if self._dead:
+                                    await self._reap()
                 except LayerError as exc:
                     self._fail_waiters(queue, exc)
         finally:
@@ -555,6 +602,9 @@ class RedisLayer(ChannelLayer):
                 if self._closed:
                     raise self._closed_error(exc) from exc
                 raise
+            finally:
+                if self._dead:
+                    await self._reap()
         if item is None:
             return None
         self._received += 1
@@ -584,12 +634,21 @@ class RedisLayer(ChannelLayer):
         validate_send_name(channel)
         await self._enter()
         expires = _now_ms() + self._group_expiry_ms
+        args = (channel, expires, self._group_expiry_ms, group)
+        home = self._node(group)
         try:
-            await GROUP_ADD(
-                self._node(group),
-                (self._gprefix + group,),
-                (channel, expires, self._group_expiry_ms),
-            )
+            if "!" not in channel:
+                await GROUP_ADD(home, (self._gprefix + group,), args)
+            elif (node := self._node(queue_key(channel))) is home:
+                await GROUP_ADD(home, (self._gprefix + group, self._mprefix + channel), args)
+            else:
+                await GROUP_ADD(home, (self._gprefix + group,), args)
+                await node.execute_many(
+                    [
+                        ("SADD", self._mprefix + channel, group),
+                        ("PEXPIRE", self._mprefix + channel, self._group_expiry_ms),
+                    ]
+                )
         except LayerError as exc:
             if self._closed:
                 raise self._closed_error(exc) from exc
@@ -599,8 +658,16 @@ class RedisLayer(ChannelLayer):
         validate_group_name(group)
         validate_send_name(channel)
         await self._enter()
+        home = self._node(group)
+        args = (channel, group)
         try:
-            await self._node(group).execute("ZREM", self._gprefix + group, channel)
+            if "!" not in channel:
+                await GROUP_DISCARD(home, (self._gprefix + group,), args)
+            elif (node := self._node(queue_key(channel))) is home:
+                await GROUP_DISCARD(home, (self._gprefix + group, self._mprefix + channel), args)
+            else:
+                await GROUP_DISCARD(home, (self._gprefix + group,), args)
+                await node.execute("SREM", self._mprefix + channel, group)
         except LayerError as exc:
             if self._closed:
                 raise self._closed_error(exc) from exc
@@ -612,7 +679,7 @@ class RedisLayer(ChannelLayer):
         await self._enter()
         now = _now_ms()
         args = (
-            self._qprefix,
+            f"{self.prefix}:",
             payload,
             b"%013d" % (now + self._expiry_ms),
             now,
@@ -659,8 +726,8 @@ class RedisLayer(ChannelLayer):
         async with trio.open_nursery() as nursery:
             for node, batch in buckets.items():
                 nursery.start_soon(fan_out, node, batch)
-        if dead:
-            await home.execute("ZREM", group_key, *dead)
+        for member in dead:
+            await self._leave_all(member.decode())
         if errors:
             raise errors[0]
         return totals[0], totals[1]

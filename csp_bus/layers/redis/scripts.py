@@ -16,7 +16,18 @@ from typing import Any
 
 from .client import RedisNode, RedisReplyError
 
-__all__ = ["FANOUT", "SEND", "SEND_GROUP", "Script", "glob_to_lua"]
+__all__ = [
+    "FANOUT",
+    "GROUP_ADD",
+    "GROUP_DISCARD",
+    "GROUP_MEMBERS",
+    "LEAVE_ALL",
+    "SEND",
+    "SEND_GROUP",
+    "Script",
+    "capacity_args",
+    "glob_to_lua",
+]
 
 
 class Script:
@@ -65,7 +76,7 @@ return 1
 # the member is process-local, its reader is gone: it leaves the group (DESIGN.md 3) and
 # is skipped; a full queue (after trimming expired messages) is skipped and counted.
 _FANOUT_BODY = """
-local qprefix, payload, deadline = ARGV[1], ARGV[2], ARGV[3]
+local base, payload, deadline = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, default_cap = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local npatterns = tonumber(ARGV[7])
 local patterns = {}
@@ -83,19 +94,24 @@ local function capacity(qk)
   caps[qk] = c
   return c
 end
+local function leave_all(ch)
+  local mkey = base .. 'm:' .. ch
+  for _, g in ipairs(redis.call('SMEMBERS', mkey)) do
+    redis.call('ZREM', base .. 'g:' .. g, ch)
+  end
+  redis.call('DEL', mkey)
+end
 local sent, dropped, dead = 0, 0, {}
 local function deliver(ch)
   local bang = string.find(ch, '!', 1, true)
   local qk = ch
   if bang then qk = string.sub(ch, 1, bang) end
-  local key = qprefix .. qk
+  local key = base .. 'q:' .. qk
   local tail = redis.call('LINDEX', key, -1)
-  if tail and tonumber(string.sub(tail, 1, 13)) <= now then
-    if bang then
-      dead[#dead + 1] = ch
-      dropped = dropped + 1
-      return
-    end
+  if bang and tail and tonumber(string.sub(tail, 1, 13)) <= now then
+    dead[#dead + 1] = ch
+    dropped = dropped + 1
+    return
   end
   local n = redis.call('LLEN', key)
   local cap = capacity(qk)
@@ -120,7 +136,7 @@ end
 SEND_GROUP = Script(
     "send_group",
     """
--- KEYS[1] group sorted set (member -> expiry, ms); ARGV: queue key prefix, message,
+-- KEYS[1] group sorted set (member -> expiry, ms); ARGV: key prefix ("P:"), message,
 -- deadline (13 digits), now (ms), queue time-to-live (ms), default capacity,
 -- pattern count, then pattern/capacity pairs (Lua patterns)
 """
@@ -129,7 +145,7 @@ SEND_GROUP = Script(
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, ch in ipairs(members) do deliver(ch) end
-if #dead > 0 then redis.call('ZREM', KEYS[1], unpack(dead)) end
+for _, ch in ipairs(dead) do leave_all(ch) end
 return {sent, dropped, #dead}
 """,
 )
@@ -138,7 +154,8 @@ FANOUT = Script(
     "fanout",
     """
 -- no KEYS (client-side sharding: the caller picked this server for these members);
--- ARGV as send_group, then the member channel names
+-- ARGV as send_group, then the member channel names. Returns sent, dropped, then the
+-- dead members (the caller removes them from their groups).
 """
     + _FANOUT_BODY
     + """
@@ -161,10 +178,39 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 GROUP_ADD = Script(
     "group_add",
     """
--- KEYS[1] group sorted set; ARGV: member, its expiry (ms), group time-to-live (ms)
+-- KEYS[1] group sorted set, KEYS[2] (process-local members only) the member's set of
+-- groups; ARGV: member, its expiry (ms), time-to-live (ms), group name
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 return 1
+""",
+)
+
+GROUP_DISCARD = Script(
+    "group_discard",
+    """
+-- KEYS[1] group sorted set, KEYS[2] (process-local members only) the member's groups;
+-- ARGV: member, group name
+redis.call('ZREM', KEYS[1], ARGV[1])
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[2]) end
+return 1
+""",
+)
+
+LEAVE_ALL = Script(
+    "leave_all",
+    """
+-- KEYS[1] a process-local channel's set of groups; ARGV: group key prefix ("P:g:"),
+-- the channel. Its reader is gone: it leaves every group (DESIGN.md 3). Returns the
+-- group names (a sharded layer removes it on the groups' own servers too).
+local groups = redis.call('SMEMBERS', KEYS[1])
+for _, g in ipairs(groups) do redis.call('ZREM', ARGV[1] .. g, ARGV[2]) end
+redis.call('DEL', KEYS[1])
+return groups
 """,
 )
 
