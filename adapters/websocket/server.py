@@ -124,6 +124,8 @@ class _Session:
         self.ending = False
         self.writer_done = trio.Event()
         self.read_scope: trio.CancelScope | None = None
+        #: websocket.connect reached the bus, so websocket.disconnect is owed
+        self.connect_delivered = False
         self.kicked = False
         self.io_scope = trio.CancelScope()
         self.wait_scope: trio.CancelScope | None = None
@@ -242,7 +244,7 @@ class _Session:
                 return
             if isinstance(event, MessageReceived):
                 await self.send_receive(event.message)
-            elif isinstance(event, Disconnected):
+            elif isinstance(event, Disconnected) and self.connect_delivered:
                 await self.send_disconnect(event.message)
 
     async def send_receive(self, message: dict[str, Any]) -> None:
@@ -362,6 +364,7 @@ class _Session:
         message["server"] = base.get("server", message["server"])
         try:
             await self.layer.send(self.config.connect_channel, message)
+            self.connect_delivered = True
         except ChannelFull:
             ws.reject(503, f"{self.config.connect_channel} is full; try again later")
         except InvalidMessage:

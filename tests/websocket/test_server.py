@@ -143,6 +143,13 @@ async def test_full_connect_channel_is_503(
     assert isinstance(event, RejectConnection) and event.status_code == 503
     await client.aclose()
     await waiting.aclose()
+    with trio.fail_after(5):
+        while (await server.layer.stats("websocket.disconnect"))["messages_pending"] < 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    # one disconnect: for the waiting handshake; none for the refused one, whose
+    # websocket.connect never reached the bus
+    await trio.sleep(0.2)
+    assert (await server.layer.stats("websocket.disconnect"))["messages_pending"] == 1
 
 
 async def test_app_close_codes_reach_the_client(
