@@ -110,3 +110,85 @@ def test_plain_text_and_auto_reply_rules(app: ModuleType) -> None:
     assert not app.should_auto_reply({**base, "headers": {"auto-submitted": "auto-replied"}})
     assert not app.should_auto_reply({**base, "headers": {"precedence": "bulk"}})
     assert not app.should_auto_reply({**base, "from": "support@example.com"})
+
+
+def test_the_readme_command_end_to_end(relay: Any) -> None:
+    """The README's ``csp-bus serve`` line: a browser-like WebSocket client in the room
+    sees the mail, the relay gets the auto-reply, the page is served."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    env = {**os.environ}
+    env.pop("CSP_BUS_LAYER", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "csp_bus",
+            "serve",
+            "--adapter",
+            "http",
+            "--adapter",
+            "websocket",
+            "--adapter",
+            "email",
+            "--app",
+            "app:routes",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-access-log",
+            "--smtp-bind",
+            "127.0.0.1:0",
+            "--smtp-domains",
+            "example.com",
+            "--smtp-relay",
+            f"127.0.0.1:{relay.port}",
+        ],
+        cwd=EXAMPLE.parent,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        http = smtp = None
+        deadline = time.monotonic() + 20
+        while http is None or smtp is None:
+            assert time.monotonic() < deadline, "the server did not start"
+            line = process.stderr.readline()
+            assert line, f"the server exited: {process.wait()}"
+            if found := re.search(r"receiving mail on smtp://([\d.]+):(\d+)", line):
+                smtp = (found.group(1), int(found.group(2)))
+            if found := re.search(r"csp-bus serve \[\d+\]: .* on (http://\S+)", line):
+                http = found.group(1).rstrip(",")
+        with urllib.request.urlopen(http + "/", timeout=10) as response:
+            assert b"Support inbox" in response.read()
+        ws_url = http.replace("http://", "ws://") + "/chat/support/"
+        with connect(ws_url, open_timeout=10) as room:
+            with smtplib.SMTP(*smtp) as client:
+                client.sendmail(
+                    "customer@example.org",
+                    ["support@example.com"],
+                    b"Subject: Broken\r\nMessage-ID: <b1@example.org>\r\n\r\nIt broke.\r\n",
+                )
+            entry = json.loads(room.recv(timeout=10))
+        assert entry == {
+            "user": "mail from customer@example.org",
+            "text": "Broken\n\nIt broke.",
+        }
+        (reply,) = relay.handler.wait_for(1)
+        assert b"In-Reply-To: <b1@example.org>" in reply.content
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stderr:
+            process.stderr.close()
