@@ -144,3 +144,18 @@ async def test_mail_in_reply_out_through_the_runtime(relay: Any) -> None:
         assert got.rcpt_tos == ["customer@example.org"]
         assert b"In-Reply-To: <q1@example.org>" in got.content
         runtime.shutdown()
+
+
+def test_public_names_are_pinned() -> None:
+    import csp_bus.adapters.email as package
+
+    assert sorted(package.__all__) == sorted(
+        [
+            "RECEIVE_CHANNEL", "SEND_CHANNEL", "DeliveryReport", "EmailAdapter", "EmailConfig",
+            "InvalidEmail", "OutgoingEmail", "RelayConfig", "SMTPServerConfig",
+            "SMTPServerConnection", "SessionConfig", "adapter", "build_outgoing", "deliver",
+            "receive_message", "run_sender", "serve_smtp",
+        ]
+    )  # fmt: skip
+    for name in package.__all__:
+        assert getattr(package, name) is not None
