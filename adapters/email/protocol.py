@@ -629,7 +629,7 @@ class SMTPServerConnection:
         self.esmtp = True
         self._reset_transaction()
         lines = [
-            f"{self.config.hostname} Hello {self.helo}",
+            f"{self.config.hostname} Hello {self.helo[:64]}",
             "PIPELINING",
             f"SIZE {self.config.max_message_size}",
             "8BITMIME",
@@ -648,7 +648,7 @@ class SMTPServerConnection:
         self.helo = args.split(" ")[0]
         self.esmtp = False
         self._reset_transaction()
-        self._reply(250, f"{self.config.hostname} Hello {self.helo}")
+        self._reply(250, f"{self.config.hostname} Hello {self.helo[:64]}")
 
     def _auth_offered(self) -> bool:
         return self.config.auth and (self.tls or not self.config.auth_requires_tls)
