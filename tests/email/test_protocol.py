@@ -473,6 +473,7 @@ def driver_replies(wire: bytes) -> list[tuple[int, str]]:
     out = []
     for line in wire.split(b"\r\n")[:-1]:
         assert len(line) >= 4 and line[:3].isdigit() and line[3:4] in (b" ", b"-"), line
+        assert len(line) + 2 <= 512, line  # RFC 5321 4.5.3.1.5: reply lines
         out.append((int(line[:3]), line[4:].decode()))
     return out
 
