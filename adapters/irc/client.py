@@ -233,7 +233,8 @@ class _Connection:
             self.wanted[entry.partition(" ")[0].lower()] = entry
         self.client: IrcClient | None = None
         self._wake = trio.Event()
-        self._lost: str | None = None
+        self._lost: str | None = None  # the link is broken: no QUIT
+        self._ended: str | None = None  # why a watchdog ended the session
 
     # -- the reconnect loop ---------------------------------------------------------------
 
@@ -311,7 +312,7 @@ class _Connection:
         client.start()
         state = self.state
         connects = state.connects
-        self._lost = None
+        self._lost = self._ended = None
         reason = "connection closed"
         try:
             async with trio.open_nursery() as nursery:
@@ -326,7 +327,7 @@ class _Connection:
                     self._lost = f"connection lost: {_describe(exc)}"
                 nursery.cancel_scope.cancel()
         finally:
-            reason = self._lost or reason
+            reason = self._lost or self._ended or reason
             with trio.CancelScope(shield=True):
                 await self._close(stream, client, self._lost is not None)
                 if state.registered:
@@ -365,10 +366,11 @@ class _Connection:
         await trio.sleep(self.config.registration_timeout)
         if client.state == "registering":
             logger.warning(
-                "IRC %s: not registered after %.0f s; reconnecting",
+                "IRC %s: not registered after %g s; reconnecting",
                 self.server.address,
                 self.config.registration_timeout,
             )
+            self._ended = "registration timed out"
             scope.cancel()
 
     # -- reading ------------------------------------------------------------------------------
@@ -397,10 +399,10 @@ class _Connection:
     async def _handle(self, event: Any, client: IrcClient, nursery: trio.Nursery) -> str | None:
         state = self.state
         address = self.server.address
+        state.channels = tuple(client.channels.values())
         if isinstance(event, Received):
             await self._emit_receive(event.to_message(self.reply.name))
         elif isinstance(event, Joined):
-            state.channels = tuple(client.channels.values())
             state._touch()
             await self._emit_event(JOIN_CHANNEL, event.to_message(self.reply.name))
         elif isinstance(event, Registered):
@@ -419,7 +421,6 @@ class _Connection:
             logger.warning(
                 "IRC %s: kicked from %s by %s (%s)", address, event.channel, event.by, event.reason
             )
-            state.channels = tuple(client.channels.values())
             state._touch()
             if self.config.rejoin_delay is not None:
                 nursery.start_soon(self._rejoin_later, client, event.channel)
@@ -536,10 +537,11 @@ class _Connection:
             await trio.sleep(self.config.lag_interval)
             if not client.lag_check(trio.current_time(), self.config.lag_timeout):
                 logger.warning(
-                    "IRC %s: no PONG for %.0f s; reconnecting",
+                    "IRC %s: no PONG for %g s; reconnecting",
                     self.server.address,
                     self.config.lag_timeout,
                 )
+                self._ended = f"no PONG within {self.config.lag_timeout:g} s (lag check)"
                 scope.cancel()
                 return
             self._wake.set()

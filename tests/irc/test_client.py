@@ -394,3 +394,46 @@ async def test_tls_refuses_an_unknown_certificate(
         assert state.connects == 0
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+async def test_silent_server_is_left_by_lag_check_and_registration_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that accepts, registers the bot once, then never answers anything."""
+    caplog.set_level(logging.WARNING, logger="csp_bus.adapters.irc")
+    connections: list[bytes] = []
+    third = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            connections.append(b"")
+            if len(connections) == 3:
+                third.set()
+            if len(connections) == 1:
+                await stream.send_all(b":silent 001 bot :Welcome\r\n")
+            with trio.move_on_after(10):
+                while data := await stream.receive_some(4096):
+                    connections[-1] += data
+
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+
+        class Silent:
+            host = "127.0.0.1"
+            port = listeners[0].socket.getsockname()[1]
+
+        config = make_config(
+            Silent, lag_interval=0.1, lag_timeout=0.3, registration_timeout=0.3, reconnect_min=0.01
+        )
+        recorder, state, _ = await start_bot(nursery, layer, config)
+        await recorder.wait("irc-client.connect")
+        gone = await recorder.wait("irc-client.disconnect")
+        assert gone["reason"] == "no PONG within 0.3 s (lag check)"
+        with trio.fail_after(5):
+            await third.wait()  # the second one timed out registering
+        assert state.connects == 1
+        assert b"PING csp-bus-lag-1\r\n" in connections[0]
+        assert connections[0].count(b"PING") == 1  # one outstanding lag PING at a time
+        assert b"QUIT" in connections[0]  # a lag timeout still says goodbye
+        assert "not registered after 0.3 s; reconnecting" in caplog.text
+        nursery.cancel_scope.cancel()
