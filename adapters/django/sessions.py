@@ -213,10 +213,13 @@ def enforce_ordering(consumer: F) -> F:
     """Handle one connection's messages strictly in ``order``; implies ``channel_session``.
 
     The next expected ``order`` is kept in the channel session, so it holds across worker
-    threads and processes sharing the session backend. A message that comes early raises
-    :class:`~csp_bus.consumers.ConsumeLater` (the worker requeues it); one already past is
-    logged and skipped. The sequence advances when the consumer returns or raises
-    (anything but ``ConsumeLater``).
+    threads and processes sharing the session backend. A message that comes early is
+    *parked* on a per-connection wait channel; when the message it waits for has been
+    handled (and the session saved), the parked messages are sent back to their channels
+    for another try. (Requeueing with ``ConsumeLater`` instead would give up after the
+    worker's retry limit when a slow predecessor holds a long burst back.) A message
+    already past is logged and skipped. The sequence advances when the consumer returns
+    or raises (anything but ``ConsumeLater``).
     """
     _reject_async(consumer, "enforce_ordering")
 
@@ -232,11 +235,9 @@ def enforce_ordering(consumer: F) -> F:
         session = msg.channel_session
         expected = int(session.get(ORDER_KEY, 0))
         if order > expected:
-            # Not saved: an unmodified session stays as it is.
-            raise ConsumeLater(
-                f"{msg.channel.name} order {order} on {msg.reply_channel} waits for "
-                f"order {expected}"
-            )
+            _park(msg)  # the session is not modified, so not saved
+            msg._csp_bus_parked = order
+            return None
         if order < expected:
             logger.warning(
                 "enforce_ordering: skipping %s order %d on %s (next is %d)",
@@ -246,9 +247,11 @@ def enforce_ordering(consumer: F) -> F:
                 expected,
             )
             return None
+        msg._csp_bus_advanced = True
         try:
             result = consumer(msg, **kwargs)
         except ConsumeLater:
+            msg._csp_bus_advanced = False
             raise
         except Exception:
             session[ORDER_KEY] = order + 1
@@ -256,4 +259,58 @@ def enforce_ordering(consumer: F) -> F:
         session[ORDER_KEY] = order + 1
         return result
 
-    return channel_session(ordered)  # type: ignore[return-value]
+    with_session = channel_session(ordered)
+
+    @functools.wraps(consumer)
+    def outer(message: Message, **kwargs: Any) -> Any:
+        msg = extensible(message)
+        try:
+            return with_session(msg, **kwargs)
+        finally:
+            # channel_session has saved the new order by now: release what waits.
+            parked = getattr(msg, "_csp_bus_parked", None)
+            if getattr(msg, "_csp_bus_advanced", False):
+                _release(msg)
+            elif parked is not None and msg.reply_channel is not None:
+                # The awaited message may have been handled between our check and the
+                # park, and released before we parked: then nobody else releases us.
+                fresh = session_for_reply_channel(msg.reply_channel.name)
+                if int(fresh.get(ORDER_KEY, 0)) >= parked:
+                    _release(msg)
+
+    return outer  # type: ignore[return-value]
+
+
+def _wait_channel(message: Message) -> str:
+    assert message.reply_channel is not None
+    digest = hashlib.sha1(message.reply_channel.name.encode("utf-8")).hexdigest()
+    return f"csp-bus.ordering.{digest}"
+
+
+def _bus() -> Any:
+    from csp_bus.consumers import current_context
+
+    context = current_context()
+    if context is None:
+        raise UsageError("enforce_ordering runs inside a worker (no bus context here)")
+    return context.sync
+
+
+def _park(message: Message) -> None:
+    from csp_bus.errors import ChannelFull
+
+    try:
+        _bus().send(
+            _wait_channel(message), {"channel": message.channel.name, "content": message.content}
+        )
+    except ChannelFull:
+        # Too many early messages for one connection: fall back to the worker's requeue.
+        raise ConsumeLater("enforce_ordering wait channel is full") from None
+
+
+def _release(message: Message) -> None:
+    bus = _bus()
+    wait = _wait_channel(message)
+    while (found := bus.receive_nowait(wait)) is not None:
+        parked = found[1]
+        bus.send_wait(parked["channel"], parked["content"], timeout=10.0)

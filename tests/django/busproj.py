@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
+import time
 from pathlib import Path
 
+from csp_bus.adapters.django.auth import channel_session_user, channel_session_user_from_http
+from csp_bus.adapters.django.sessions import enforce_ordering
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.http import (
@@ -18,6 +23,8 @@ from django.http import (
 from django.middleware.csrf import get_token
 from django.urls import path, reverse
 from django.views.decorators.csrf import csrf_exempt
+
+from csp_bus.routing import route
 
 STATE = Path(os.environ["CSP_BUS_TEST_STATE"])
 BIG_FILE = STATE / "big.bin"
@@ -120,4 +127,47 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-routes: list[object] = []
+# -- WebSocket consumers (CSP_BUS["ROUTING"] = "busproj.routes") ----------------------
+
+
+@channel_session_user_from_http
+def user_connect(message) -> None:
+    message.reply_channel.send({"accept": True})
+    message.reply_channel.send({"text": "hello " + (message.user.get_username() or "anonymous")})
+
+
+@channel_session_user
+def user_receive(message) -> None:
+    name = message.user.get_username() or "anonymous"
+    message.reply_channel.send({"text": f"{name}: {message['text']}"})
+
+
+@enforce_ordering
+def order_connect(message) -> None:
+    message.channel_session["seen"] = []
+    message.reply_channel.send({"accept": True})
+
+
+@enforce_ordering
+def order_receive(message) -> None:
+    text = message["text"]
+    if text == "done":
+        message.reply_channel.send({"text": json.dumps(message.channel_session["seen"])})
+        return
+    # Take a little time, so that without ordering other threads would overtake us.
+    time.sleep(random.random() * 0.01)
+    message.channel_session["seen"] = [*message.channel_session["seen"], text]
+
+
+@enforce_ordering
+def order_disconnect(message) -> None:
+    pass
+
+
+routes = [
+    route("websocket.connect", user_connect, path=r"^/ws/user/$"),
+    route("websocket.receive", user_receive, path=r"^/ws/user/$"),
+    route("websocket.connect", order_connect, path=r"^/ws/order/$"),
+    route("websocket.receive", order_receive, path=r"^/ws/order/$"),
+    route("websocket.disconnect", order_disconnect, path=r"^/ws/order/$"),
+]

@@ -73,7 +73,10 @@ def server() -> Iterator[str]:
     try:
         yield url
     finally:
-        stop(process)
+        output = stop(process)
+    # Ctrl-C stops it gracefully: exit status 0, nothing raised.
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
 
 
 @pytest.fixture
@@ -192,3 +195,48 @@ def test_server_and_worker_processes_over_redis(redis_url: str) -> None:
     assert "Traceback" not in worker_output, worker_output
     assert "Traceback" not in server_output, server_output
     assert json  # imported for the helpers above
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+
+def login_cookie(client: httpx.Client, username: str) -> str:
+    User.objects.filter(username=username).delete()
+    User.objects.create_user(username, password="pw-ws-user-1", is_staff=True)
+    page = client.get("/admin/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    done = client.post(
+        "/admin/login/",
+        data={"csrfmiddlewaretoken": token, "username": username, "password": "pw-ws-user-1"},
+    )
+    assert done.status_code == 302
+    return f"sessionid={client.cookies['sessionid']}"
+
+
+def ws_url(server: str, path: str) -> str:
+    return server.replace("http://", "ws://") + path
+
+
+def test_websocket_consumer_sees_logged_in_user(server: str, client: httpx.Client) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    cookie = login_cookie(client, "ws-ann")
+    with ws_connect(ws_url(server, "/ws/user/"), additional_headers={"Cookie": cookie}) as ws:
+        assert ws.recv(timeout=10) == "hello ws-ann"
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "ws-ann: hi"
+    with ws_connect(ws_url(server, "/ws/user/")) as anonymous:
+        assert anonymous.recv(timeout=10) == "hello anonymous"
+        anonymous.send("hi")
+        assert anonymous.recv(timeout=10) == "anonymous: hi"
+
+
+def test_websocket_ordering_enforced(server: str) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    with ws_connect(ws_url(server, "/ws/order/")) as ws:
+        sent = [str(i) for i in range(30)]
+        for text in sent:
+            ws.send(text)
+        ws.send("done")
+        assert json.loads(ws.recv(timeout=20)) == sent

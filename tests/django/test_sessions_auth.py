@@ -22,7 +22,7 @@ from csp_bus.adapters.django.testing import ConsumerClient, HttpClient
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 
-from csp_bus.consumers import ConsumeLater
+from csp_bus.consumers import Message, using
 
 
 def login(username: str, password: str = "pw-secret-123") -> SimpleCookie:
@@ -132,7 +132,7 @@ def test_http_session_needs_headers() -> None:
         ws.send("websocket.receive", consumer, text="x")
 
 
-def test_enforce_ordering_holds_back_early_messages(seen: list[object]) -> None:
+def test_enforce_ordering_parks_early_messages(seen: list[object]) -> None:
     @enforce_ordering
     def consumer(message):
         seen.append(message.get("text", message.channel.name))
@@ -141,15 +141,22 @@ def test_enforce_ordering_holds_back_early_messages(seen: list[object]) -> None:
         ws.send("websocket.connect", consumer)
         first = ws.content("websocket.receive", text="one")
         second = ws.content("websocket.receive", text="two")
-        from csp_bus.consumers import Message, using
-
+        third = ws.content("websocket.receive", text="three")
         with using(ws.bus):
-            with pytest.raises(ConsumeLater):
-                consumer(Message(second, "websocket.receive"))
+            consumer(Message(third, "websocket.receive"))  # early: parked
+            consumer(Message(second, "websocket.receive"))  # early: parked
+            assert seen == ["websocket.connect"]
+            assert ws.bus.receive_nowait("websocket.receive") is None
             consumer(Message(first, "websocket.receive"))
-            consumer(Message(second, "websocket.receive"))
+            # handling 'one' released the parked messages back to their channel
+            released = [ws.bus.receive_nowait("websocket.receive") for _ in range(2)]
+            assert [m["text"] for _, m in released] == ["three", "two"]
+            consumer(Message(released[0][1], "websocket.receive"))  # still early: parked
+            consumer(Message(released[1][1], "websocket.receive"))  # 'two', then release
+            again = ws.bus.receive_nowait("websocket.receive")
+            consumer(Message(again[1], "websocket.receive"))
             consumer(Message(first, "websocket.receive"))  # a duplicate: skipped
-    assert seen == ["websocket.connect", "one", "two"]
+    assert seen == ["websocket.connect", "one", "two", "three"]
 
 
 def test_sync_only() -> None:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from django.apps import apps
@@ -95,16 +98,17 @@ class Command(DjangoRunserver):
         )
         try:
             trio.run(functools.partial(self._serve, options, static=static))
-        except (BusError, OSError) as exc:
-            self.stderr.write(f"Error: {exc}")
-            # sys.exit does not end the process from the autoreloader's thread.
-            import os
-
-            os._exit(1)
-        except KeyboardInterrupt:
-            if options.get("shutdown_message"):
-                self.stdout.write(options["shutdown_message"])
-            sys.exit(0)
+        except BaseException as exc:
+            leaf = _unwrap(exc)
+            if isinstance(leaf, KeyboardInterrupt):
+                if options.get("shutdown_message"):
+                    self.stdout.write(options["shutdown_message"])
+                sys.exit(0)
+            if isinstance(leaf, BusError | OSError | CommandError):
+                self.stderr.write(f"Error: {leaf}")
+                # sys.exit does not end the process from the autoreloader's thread.
+                os._exit(1)
+            raise
 
     async def _serve(self, options: dict[str, Any], *, static: bool) -> None:
         import trio
@@ -136,12 +140,51 @@ class Command(DjangoRunserver):
                 'this server; set CSP_BUS["LAYER"] to redis://...'
             )
         async with open_layer(url) as layer, trio.open_nursery() as nursery:
+            worker = None
             if options["run_worker"]:
                 threads = options["threads"] or bus.worker_threads
                 router = project_router(bus, static=static)
                 worker = Worker(layer, router, threads=threads)
                 await nursery.start(worker.run)
-            runtime = await nursery.start(functools.partial(run_server, layer, config, pairs))
+            server_done = trio.Event()
+
+            async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await run_server(layer, config, pairs, task_status=task_status)
+                finally:
+                    server_done.set()
+
+            runtime = await nursery.start(serve)
             port = int(runtime.addresses[0].rsplit(":", 1)[1].rstrip("/"))
             self.on_bind(port)
             self.stdout.flush()
+            if threading.current_thread() is threading.main_thread():
+                # --noreload: stop gracefully on Ctrl-C/SIGTERM (in-flight responses end,
+                # WebSockets close with 1001), a second signal stops at once. Under the
+                # autoreloader this runs in a thread and the reloader owns the signals.
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async with trio.open_nursery() as watching:
+
+                        async def watch() -> None:
+                            received = 0
+                            async for _ in signals:
+                                received += 1
+                                if received > 1:
+                                    nursery.cancel_scope.cancel()
+                                    return
+                                runtime.shutdown()
+
+                        watching.start_soon(watch)
+                        await server_done.wait()
+                        watching.cancel_scope.cancel()
+            else:
+                await server_done.wait()
+            if worker is not None:
+                worker.stop()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
