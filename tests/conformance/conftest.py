@@ -83,6 +83,12 @@ async def make_layer(layer_kind: str, request: pytest.FixtureRequest) -> AsyncIt
 
 
 @pytest.fixture
+def layer_url(layer_kind: str, request: pytest.FixtureRequest) -> str:
+    """The URL ``make_layer`` builds on, for a test that opens a layer itself."""
+    return _base_url(layer_kind, request).rstrip("?&")
+
+
+@pytest.fixture
 async def layer(make_layer: MakeLayer) -> ChannelLayer:
     """A layer with default options."""
     return await make_layer()
