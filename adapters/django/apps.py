@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class CspBusConfig(AppConfig):
+class CspBusConfig(AppConfig):  # type: ignore[misc]  # Django ships no types
     name = "csp_bus.adapters.django"
     label = "csp_bus"
     verbose_name = "csp-bus"

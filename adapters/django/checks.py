@@ -23,7 +23,7 @@ from .conf import BusSettings, get_settings
 __all__ = ["check_settings"]
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility)  # type: ignore[untyped-decorator]
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     try:
         settings = get_settings()

@@ -105,7 +105,7 @@ def read_body(
     return body
 
 
-class BusRequest(HttpRequest):
+class BusRequest(HttpRequest):  # type: ignore[misc]  # Django ships no types
     """A Django request built from an ``http.request`` message and its body file."""
 
     def __init__(self, message: Mapping[str, Any], body: Any, body_size: int) -> None:
@@ -181,13 +181,13 @@ class BusRequest(HttpRequest):
     def _get_scheme(self) -> str:
         return str(self.message.get("scheme") or "http")
 
-    @cached_property
-    def GET(self) -> QueryDict:  # type: ignore[override]
+    @cached_property  # type: ignore[untyped-decorator]
+    def GET(self) -> QueryDict:
         return QueryDict(self.META["QUERY_STRING"], encoding=self._encoding)
 
-    @cached_property
-    def COOKIES(self) -> dict[str, str]:  # type: ignore[override]
-        return parse_cookie(self.META.get("HTTP_COOKIE", ""))
+    @cached_property  # type: ignore[untyped-decorator]
+    def COOKIES(self) -> dict[str, str]:
+        return dict(parse_cookie(self.META.get("HTTP_COOKIE", "")))
 
     def _get_post(self) -> QueryDict:
         if not hasattr(self, "_post"):
@@ -281,7 +281,7 @@ def encode_response(
     yield {"content": b"", "more_content": False}
 
 
-class ViewConsumer(base.BaseHandler):
+class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no types
     """The default consumer for ``http.request``: serves the Django project's views.
 
     Build one per worker process (loading the middleware is the costly part) and route

@@ -73,6 +73,9 @@ class DjangoMessage(Message):
     channel_session: SessionBase
     http_session: SessionBase
     user: Any
+    # enforce_ordering's bookkeeping between its inner and outer wrapper
+    _csp_bus_parked: int | None
+    _csp_bus_advanced: bool
 
 
 def extensible(message: Message) -> DjangoMessage:
@@ -158,7 +161,7 @@ def _session_key_from(content: dict[str, Any]) -> str | None:
         query = query.decode("latin-1")
     values = parse_qs(query).get("session_key")
     if values:
-        return values[0]
+        return str(values[0])
     for name, value in content.get("headers") or ():
         if bytes(name).lower() == b"cookie":
             try:
@@ -167,7 +170,7 @@ def _session_key_from(content: dict[str, Any]) -> str | None:
                 return None
             found = cookies.get(settings.SESSION_COOKIE_NAME)
             if found:
-                return found
+                return str(found)
     return None
 
 

@@ -69,7 +69,7 @@ def start_runserver(*extra: str) -> tuple[subprocess.Popen[str], str]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    process, url = start_runserver()
+    process, url = start_runserver("--insecure")  # static files although DEBUG is False
     try:
         yield url
     finally:
@@ -164,6 +164,14 @@ def test_admin_login(client: httpx.Client) -> None:
     assert done.status_code == 302
     assert client.get("/whoami/").text == "e2e-admin"
     assert client.get("/admin/").status_code == 200
+
+
+def test_static_files(client: httpx.Client) -> None:
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/css"
+    assert b"body" in response.content
+    assert client.get("/static/admin/css/nope.css").status_code == 404
 
 
 def test_errors(client: httpx.Client) -> None:

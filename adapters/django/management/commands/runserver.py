@@ -47,7 +47,7 @@ def _adapter_arguments(adapters: list[Any], layer: str) -> argparse.Namespace:
     return namespace
 
 
-class Command(DjangoRunserver):
+class Command(DjangoRunserver):  # type: ignore[misc]  # Django ships no types
     help = (
         "Starts the csp-bus development server: HTTP and WebSocket on one port, with "
         "worker threads running the project's consumers and Django views in this process."

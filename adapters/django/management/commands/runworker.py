@@ -16,7 +16,7 @@ from ...conf import get_settings
 from ...routing import project_router
 
 
-class Command(BaseCommand):
+class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
     help = (
         "Receive on the channels the project routes (CSP_BUS['ROUTING'], and http.request "
         "for Django views) and run each message's consumer in a pool of threads. "

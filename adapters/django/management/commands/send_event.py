@@ -13,7 +13,7 @@ from csp_bus.errors import BusError
 from ...conf import get_settings
 
 
-class Command(BaseCommand):
+class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
     help = (
         "Send one JSON message to CHANNEL (or with --group to every member of a group) on "
         'the project\'s layer (CSP_BUS["LAYER"]). Bytes are written {"$bytes": "<base64>"}. '
