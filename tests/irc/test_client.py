@@ -437,3 +437,43 @@ async def test_silent_server_is_left_by_lag_check_and_registration_timeout(
         assert b"QUIT" in connections[0]  # a lag timeout still says goodbye
         assert "not registered after 0.3 s; reconnecting" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+async def test_flood_control_paces_lines_on_the_wire() -> None:
+    """burst 3, then 10 lines/s: 13 lines take about a second, measured at the server."""
+    arrivals: list[float] = []
+    all_in = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b":srv 001 bot :Welcome\r\n")
+            buffer = b""
+            while data := await stream.receive_some(4096):
+                buffer += data
+                *lines, buffer = buffer.split(b"\r\n")
+                for line in lines:
+                    if line.startswith(b"PRIVMSG"):
+                        arrivals.append(trio.current_time())
+                if len(arrivals) >= 13:
+                    all_in.set()
+
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+
+        class Local:
+            host = "127.0.0.1"
+            port = listeners[0].socket.getsockname()[1]
+
+        config = make_config(Local, channels=(), flood_burst=3, flood_rate=10.0)
+        recorder, state, _ = await start_bot(nursery, layer, config)
+        await recorder.wait("irc-client.connect")
+        await trio.sleep(0.4)  # the bucket refills after registration
+        body = "\n".join(f"line {index}" for index in range(13))
+        await layer.send(state.reply_channel, {"type": "message", "channel": "#x", "body": body})
+        with trio.fail_after(5):
+            await all_in.wait()
+        # The bucket makes the lower bound exact whatever the load: 10 lines after the
+        # burst of 3 need 10 tokens, one per 0.1 s. The upper bound leaves room for a busy
+        # machine.
+        assert 0.9 <= arrivals[-1] - arrivals[0] < 3.0
+        nursery.cancel_scope.cancel()
