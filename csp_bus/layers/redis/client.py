@@ -219,7 +219,7 @@ class Connection:
             self.broken = True
             raise LayerUnavailable(f"Redis at {self.endpoint} closed the connection")
         try:
-            self._reader.feed(data)
+            self._reader.feed(bytes(data))
         except hiredis.ProtocolError as exc:  # pragma: no cover - a broken server
             self.broken = True
             raise LayerError(f"Redis at {self.endpoint} sent bytes that are not RESP") from exc
@@ -313,7 +313,7 @@ class Multiplexer:
         self.connection = connection
         self._buffer = bytearray()
         self._pending: deque[_Waiter] = deque()
-        self._flushing = False
+        self._writer = trio.lowlevel.ParkingLot()
         self._error: LayerError | None = None
         self._read_scope: trio.CancelScope | None = None
         self._run_scope = trio.CancelScope()
@@ -323,33 +323,50 @@ class Multiplexer:
         return self._error is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The reader task: runs until the connection breaks or :meth:`close`."""
+        """The writer and reader tasks: run until the connection breaks or :meth:`close`."""
         task_status.started()
+        with self._run_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+
+    async def _write_loop(self) -> None:
+        # The writer runs in the scheduling batch after the commands were queued, so all
+        # the commands that the tasks of one batch issued leave in one write.
+        try:
+            while True:
+                if not self._buffer:
+                    await self._writer.park()
+                data, self._buffer = self._buffer, bytearray()
+                await self.connection.write(data, 0)
+        except LayerError as exc:
+            self._break(exc)
+
+    async def _read_loop(self) -> None:
         connection = self.connection
         timeout = connection.options.timeout
-        with self._run_scope:
-            try:
-                while True:
+        try:
+            while True:
+                reply = connection.next_reply()
+                while reply is not _NEED_DATA:
+                    self._deliver(reply)
                     reply = connection.next_reply()
-                    while reply is not _NEED_DATA:
-                        self._deliver(reply)
-                        reply = connection.next_reply()
-                    deadline = trio.current_time() + timeout if self._pending else float("inf")
-                    with trio.CancelScope(deadline=deadline) as scope:
-                        self._read_scope = scope
-                        await connection.receive_some()
-                    self._read_scope = None
-                    if scope.cancelled_caught:
-                        raise LayerTimeout(
-                            f"Redis at {connection.endpoint} did not answer within {timeout} s"
-                        )
-            except LayerError as exc:
-                self._break(exc)
-            finally:
+                deadline = trio.current_time() + timeout if self._pending else float("inf")
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._read_scope = scope
+                    await connection.receive_some()
                 self._read_scope = None
-                if self._error is None:
-                    self._break(LayerUnavailable(f"the connection to {connection.endpoint} closed"))
-                await connection.aclose()
+                if scope.cancelled_caught:
+                    raise LayerTimeout(
+                        f"Redis at {connection.endpoint} did not answer within {timeout} s"
+                    )
+        except LayerError as exc:
+            self._break(exc)
+        finally:
+            self._read_scope = None
+            if self._error is None:
+                self._break(LayerUnavailable(f"the connection to {connection.endpoint} closed"))
+            await connection.aclose()
 
     def _deliver(self, reply: Any) -> None:
         waiter = self._pending[0]
@@ -388,17 +405,6 @@ class Multiplexer:
     def close(self) -> None:
         self._break(LayerUnavailable("the Redis connection was closed by the layer"))
 
-    async def _flush(self) -> None:
-        self._flushing = True
-        try:
-            while self._buffer:
-                data, self._buffer = self._buffer, bytearray()
-                await self.connection.write(data, 0)
-        except LayerError as exc:
-            self._break(exc)
-        finally:
-            self._flushing = False
-
     async def _submit(self, data: bytes, count: int, command: str, many: bool = False) -> Any:
         if self._error is not None:
             raise self._error
@@ -407,12 +413,9 @@ class Multiplexer:
         if not self._pending and self._read_scope is not None:
             self._read_scope.deadline = trio.current_time() + self.connection.options.timeout
         self._pending.append(waiter)
-        if not self._flushing:
-            await self._flush()
-        if waiter.result is None:
-            waiter.parked = True
-            return await trio.lowlevel.wait_task_rescheduled(_abort_failed)
-        return waiter.result.unwrap()
+        self._writer.unpark()
+        waiter.parked = True
+        return await trio.lowlevel.wait_task_rescheduled(_abort_failed)
 
     async def execute(self, *args: Any) -> Any:
         """Run one command; an error reply raises :class:`RedisReplyError`."""

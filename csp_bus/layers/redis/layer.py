@@ -73,7 +73,7 @@ LOOP_BLOCK = 1.0
 #: seconds a loop keeps unclaimed messages before pushing them back to Redis
 LINGER = 1.0
 #: largest batch a process-local loop pops at once
-BATCH = 256
+BATCH = 1024
 
 # (deadline ms, full channel name, msgpack payload, envelope as stored in Redis)
 _Item = tuple[int, str, bytes, bytes]
@@ -563,7 +563,7 @@ class RedisLayer(ChannelLayer):
         self, node: RedisNode, connection: Connection, keys: list[str], count: int, block: float
     ) -> tuple[bytes, list[bytes]] | None:
         """One cancellation-safe BLMPOP: if cancelled, nothing stays taken."""
-        command = ("BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", count)
+        command: tuple[Any, ...] = ("BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", count)
         await connection.write(hiredis.pack_command(command))
         try:
             reply = await connection.read_reply(block + self.config.connect.timeout)
@@ -778,8 +778,8 @@ class RedisLayer(ChannelLayer):
                 replies = await node.execute_many(
                     [command for key in keys for command in (("LLEN", key), ("LINDEX", key, -1))]
                 )
-                for index, key in enumerate(keys):
-                    name = key.decode()[len(self._qprefix) :]
+                for index, raw in enumerate(keys):
+                    name = raw.decode()[len(self._qprefix) :]
                     figures = self._queue_stats(
                         name, replies[2 * index], replies[2 * index + 1], now
                     )
@@ -790,9 +790,9 @@ class RedisLayer(ChannelLayer):
                 counts = await node.execute_many(
                     [("ZCOUNT", key, now, "+inf") for key in group_keys]
                 )
-                for key, count in zip(group_keys, counts, strict=True):
+                for raw, count in zip(group_keys, counts, strict=True):
                     if count:
-                        groups[key.decode()[len(self._gprefix) :]] = count
+                        groups[raw.decode()[len(self._gprefix) :]] = count
         for name, queue in self._local.items():
             if queue.buffer and name not in channels:
                 channels[name] = self._queue_stats(name, 0, None, now)

@@ -102,34 +102,56 @@ local function leave_all(ch)
   redis.call('DEL', mkey)
 end
 local sent, dropped, dead = 0, 0, {}
+-- per queue key: {key, room (messages it can still take), envelopes to push}
+local queues, order = {}, {}
 local function deliver(ch)
   local bang = string.find(ch, '!', 1, true)
   local qk = ch
   if bang then qk = string.sub(ch, 1, bang) end
-  local key = base .. 'q:' .. qk
-  local tail = redis.call('LINDEX', key, -1)
-  if bang and tail and tonumber(string.sub(tail, 1, 13)) <= now then
+  local q = queues[qk]
+  if not q then
+    local key = base .. 'q:' .. qk
+    local tail = redis.call('LINDEX', key, -1)
+    local room = 0
+    if bang and tail and tonumber(string.sub(tail, 1, 13)) <= now then
+      room = -1  -- dead reader: every member on this prefix leaves its groups
+    else
+      local n = redis.call('LLEN', key)
+      local cap = capacity(qk)
+      if n >= cap then
+        while n > 0 do
+          local t = redis.call('LINDEX', key, -1)
+          if tonumber(string.sub(t, 1, 13)) > now then break end
+          redis.call('RPOP', key)
+          n = n - 1
+        end
+      end
+      room = cap - n
+    end
+    q = {key, room, {}}
+    queues[qk] = q
+    order[#order + 1] = q
+  end
+  if q[2] < 0 then
     dead[#dead + 1] = ch
     dropped = dropped + 1
-    return
+  elseif #q[3] < q[2] then
+    q[3][#q[3] + 1] = deadline .. ch .. '\\n' .. payload
+  else
+    dropped = dropped + 1
   end
-  local n = redis.call('LLEN', key)
-  local cap = capacity(qk)
-  if n >= cap then
-    while n > 0 do
-      local t = redis.call('LINDEX', key, -1)
-      if tonumber(string.sub(t, 1, 13)) > now then break end
-      redis.call('RPOP', key)
-      n = n - 1
-    end
-    if n >= cap then
-      dropped = dropped + 1
-      return
+end
+local function push_all()
+  for _, q in ipairs(order) do
+    local envelopes = q[3]
+    if #envelopes > 0 then
+      for i = 1, #envelopes, 1000 do
+        redis.call('LPUSH', q[1], unpack(envelopes, i, math.min(i + 999, #envelopes)))
+      end
+      redis.call('PEXPIRE', q[1], ttl)
+      sent = sent + #envelopes
     end
   end
-  redis.call('LPUSH', key, deadline .. ch .. '\\n' .. payload)
-  redis.call('PEXPIRE', key, ttl)
-  sent = sent + 1
 end
 """
 
@@ -145,6 +167,7 @@ SEND_GROUP = Script(
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, ch in ipairs(members) do deliver(ch) end
+push_all()
 for _, ch in ipairs(dead) do leave_all(ch) end
 return {sent, dropped, #dead}
 """,
@@ -160,6 +183,7 @@ FANOUT = Script(
     + _FANOUT_BODY
     + """
 for i = 8 + 2 * npatterns, #ARGV do deliver(ARGV[i]) end
+push_all()
 local result = {sent, dropped}
 for _, ch in ipairs(dead) do result[#result + 1] = ch end
 return result
