@@ -13,18 +13,19 @@ How it works, with groups only (no state in the workers, so any number of worker
 processes may run these consumers):
 
 * IRC -> room: ``irc-client.receive`` for the bridged IRC channel is posted to the
-  room's group ``chat-<room>`` in the chat examples' format, ``{"text": json}`` with
-  ``{"user", "text"}`` (or ``{"user", "event"}``), plus ``"bridge": "irc"``.
+  room's group ``chat-<room>`` in the browser chat example's format (``examples/chat``):
+  ``{"text": json}`` with ``{"room", "user", "text"}``, plus ``"bridge": "irc"`` (and
+  ``"event": true`` for joins, parts, topics...).
 * room -> IRC: the plain channel ``irc-bridge.from-room`` is a member of the room's
   group, so it gets every room message; its consumer sends each one to the IRC
   connection's ``reply_channel``, which the bridge keeps as the only member of the group
   ``irc-bridge`` (added on ``irc-client.join``, dropped on ``irc-client.disconnect``).
 * No echo: room messages marked ``"bridge": "irc"`` came from IRC and are not sent back.
 
-The room (page + WebSocket consumers) follows the conventions of the chat examples
-(``examples/django_chat``, ``examples/support_inbox``): group ``chat-<room>``, WebSocket
-path ``/chat/<room>/``. Any room app using them bridges the same way: put its routes in
-``routes`` instead of ``room_routes``.
+The room is the browser chat example's convention (``examples/chat``, also used by
+``examples/django_chat`` and ``examples/support_inbox``): group ``chat-<room>``, WebSocket
+path ``/chat/<room>/``. ``with_chat.py`` bridges the chat example itself; ``routes`` below
+adds a minimal room of its own so that this folder runs alone.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ def _ours(channel: str | None) -> bool:
     return channel is not None and channel.lower() == IRC_CHANNEL.lower()
 
 
-def post_to_room(user: str, **fields: Any) -> None:
-    Group(ROOM_GROUP).send({"text": json.dumps({"user": user, "bridge": "irc", **fields})})
+def post_to_room(user: str, text: str, *, event: bool = False) -> None:
+    data: dict[str, Any] = {"room": ROOM, "user": user, "text": text, "bridge": "irc"}
+    if event:
+        data["event"] = True
+    Group(ROOM_GROUP).send({"text": json.dumps(data)})
 
 
 # ------------------------------------------------------------------------ IRC -> room
@@ -63,13 +67,13 @@ def irc_joined(message: Message) -> None:
         return
     Group(IRC_GROUP).add(message.reply_channel)
     Group(ROOM_GROUP).add(FROM_ROOM)  # also refreshes the membership's expiry
-    post_to_room("bridge", event=f"connected to IRC {message['channel']}")
+    post_to_room("bridge", f"(connected to IRC {message['channel']})", event=True)
 
 
 def irc_disconnected(message: Message) -> None:
     """``irc-client.disconnect``: nobody to send to until the next join."""
     Group(IRC_GROUP).discard(message.reply_channel)
-    post_to_room("bridge", event=f"IRC connection lost ({message['reason']}); reconnecting")
+    post_to_room("bridge", f"(IRC connection lost: {message['reason']}; reconnecting)", event=True)
 
 
 def irc_receive(message: Message) -> None:
@@ -79,23 +83,23 @@ def irc_receive(message: Message) -> None:
     nick = f"{user.get('nick', '?')}@irc"
     body = message["body"]
     if kind in ("quit", "nick"):  # no channel: the bridge only shares IRC_CHANNEL
-        text = "quit" if kind == "quit" else f"is now known as {body}@irc"
-        post_to_room(nick, event=text + (f" ({body})" if kind == "quit" and body else ""))
+        text = f"(quit: {body})" if kind == "quit" else f"(is now known as {body}@irc)"
+        post_to_room(nick, text, event=True)
         return
     if not _ours(message["channel"]):
         return  # another channel, or a private message to the bridge
     if kind in ("message", "notice"):
-        post_to_room(nick, text=body)
+        post_to_room(nick, body)
     elif kind == "action":
-        post_to_room(nick, text=f"* {user.get('nick')} {body}")
+        post_to_room(nick, f"* {user.get('nick')} {body}")
     elif kind == "join":
-        post_to_room(nick, event="joined IRC")
+        post_to_room(nick, "(joined IRC)", event=True)
     elif kind == "part":
-        post_to_room(nick, event="left IRC" + (f" ({body})" if body else ""))
+        post_to_room(nick, f"(left IRC: {body})" if body else "(left IRC)", event=True)
     elif kind == "kick":
-        post_to_room(nick, event=f"kicked {message['target']} ({body})")
+        post_to_room(nick, f"(kicked {message['target']}: {body})", event=True)
     elif kind == "topic":
-        post_to_room(nick, event=f"set the topic: {body}")
+        post_to_room(nick, f"(set the topic: {body})", event=True)
 
 
 # ------------------------------------------------------------------------ room -> IRC
@@ -108,7 +112,7 @@ def from_room(message: Message) -> None:
     except (KeyError, TypeError, ValueError):
         return
     if not isinstance(data, dict) or data.get("bridge") or not data.get("text"):
-        return  # our own echo, or a joined/left event
+        return  # our own echo, or an empty message
     # Several lines become several IRC messages; the adapter splits long ones and
     # never lets a line break through.
     Group(IRC_GROUP).send(
@@ -147,7 +151,7 @@ def room_receive(message: Message, room: str) -> None:
         user, text = "guest", raw
     text = text.strip()[:1000]
     if text:
-        Group(f"chat-{room}").send({"text": json.dumps({"user": user, "text": text})})
+        Group(f"chat-{room}").send({"text": json.dumps({"room": room, "user": user, "text": text})})
 
 
 def room_disconnect(message: Message, room: str) -> None:

@@ -54,14 +54,20 @@ async def test_bridge_carries_both_ways(irc_server: Any, humans: Any) -> None:
         await nursery.start(worker_module.Worker(layer, bridge.bridge_routes, threads=2).run)
         await nursery.start(run_irc, layer, config)
         connected = await room_sees()
-        assert connected["event"].startswith("connected to IRC")
+        assert connected["event"] is True
+        assert connected["text"].startswith("(connected to IRC")
         await alice.expect(
             lambda w: len(w) > 1 and w[0].startswith(b":bridge!") and w[1] == b"JOIN"
         )
 
         # IRC -> room
         await alice.send(f"PRIVMSG {bridge.IRC_CHANNEL} :hello room")
-        assert await room_sees() == {"user": "alice@irc", "text": "hello room", "bridge": "irc"}
+        assert await room_sees() == {
+            "room": bridge.ROOM,
+            "user": "alice@irc",
+            "text": "hello room",
+            "bridge": "irc",
+        }
         await alice.send(f"PRIVMSG {bridge.IRC_CHANNEL} :\x01ACTION waves\x01")
         assert (await room_sees())["text"] == "* alice waves"
 
@@ -74,3 +80,76 @@ async def test_bridge_carries_both_ways(irc_server: Any, humans: Any) -> None:
         # nothing that came from IRC went back to IRC
         assert not any(b"alice@irc" in line for line in alice.seen)
         nursery.cancel_scope.cancel()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_whole_bus_browser_to_irc_and_back(irc_server: Any, humans: Any) -> None:
+    """``csp-bus serve`` with the http, websocket and irc adapters and the chat example:
+    a WebSocket client (the browser) and an IRC client talk through the bus."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("csp_bus.embedded", reason="--app needs the embedded workers")
+    root = APP.parents[2]
+    if not (root / "examples" / "chat" / "app.py").exists():
+        pytest.skip("the browser chat example (examples/chat) is not there")
+    from websockets.sync.client import connect as ws_connect
+
+    alice = await humans("alice")
+    await alice.send("JOIN #csp-bus")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("CSP_BUS_LAYER", None)
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable, "-m", "csp_bus", "serve",
+            "--adapter", "http", "--adapter", "websocket", "--adapter", "irc",
+            "--app", "examples.irc_bridge.with_chat:routes",
+            "--bind", f"127.0.0.1:{port}", "--no-access-log",
+            "--irc-server", f"{irc_server.host}:{irc_server.port}",
+            "--irc-nick", "bridge", "--irc-channels", "#csp-bus",
+        ],
+        env=env,
+        cwd=str(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await alice.expect(
+            lambda w: len(w) > 1 and w[0].startswith(b":bridge!") and w[1] == b"JOIN", 20
+        )
+
+        def browser() -> list[dict[str, Any]]:
+            seen = []
+            with ws_connect(f"ws://127.0.0.1:{port}/chat/lobby/", open_timeout=10) as socket:
+                socket.send(json.dumps({"user": "bob", "text": "hello from the browser"}))
+                while len(seen) < 2:
+                    data = json.loads(socket.recv(timeout=10))
+                    if not data.get("event"):  # e.g. "(connected to IRC #csp-bus)"
+                        seen.append(data)
+            return seen
+
+        async def irc_side() -> None:
+            assert await alice.expect_privmsg("bridge", 20) == "<bob> hello from the browser"
+            await alice.send("PRIVMSG #csp-bus :hello from IRC")
+
+        async with trio.open_nursery() as both:
+            both.start_soon(irc_side)
+            seen = await trio.to_thread.run_sync(browser)
+        assert seen[0] == {"room": "lobby", "user": "bob", "text": "hello from the browser"}
+        assert seen[1]["user"] == "alice@irc" and seen[1]["text"] == "hello from IRC"
+    finally:
+        process.terminate()
+        with trio.move_on_after(20):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
