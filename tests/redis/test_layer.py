@@ -1,0 +1,224 @@
+"""Redis-specific behaviour beyond the conformance suite: cancellation under load, the
+local buffer, the key schema, flush boundaries, big groups, dead members, sync facade."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import trio
+
+from csp_bus import open_layer
+from csp_bus.errors import InvalidLayerURL
+from csp_bus.layers.redis import RedisLayer
+from csp_bus.layers.redis.client import Connection, ConnectOptions, Endpoint
+
+pytestmark = pytest.mark.redis
+
+
+async def raw(redis_server: tuple[str, int], *command: Any) -> Any:
+    connection = await Connection.open(
+        Endpoint(host=redis_server[0], port=redis_server[1]), ConnectOptions()
+    )
+    try:
+        return await connection.call(*command)
+    finally:
+        await connection.aclose()
+
+
+@pytest.mark.parametrize("receive_on", [("plain",), ("proc!",), ("proc!", "plain")])
+async def test_cancelled_receives_lose_nothing_and_deliver_once(
+    redis_url: str, receive_on: tuple[str, ...]
+) -> None:
+    """Receives cancelled at random moments while messages flow: every message arrives
+    exactly once, in order per channel."""
+    targets = ["plain" if name == "plain" else "proc!c1" for name in receive_on]
+    total = 300
+    async with open_layer(redis_url + "&capacity=1000") as layer:
+        await layer.flush()
+        got: list[tuple[str, int]] = []
+        rng = random.Random(7)
+
+        async def sender() -> None:
+            for n in range(total):
+                await layer.send(targets[n % len(targets)], {"n": n})
+                if n % 10 == 0:
+                    await trio.sleep(0.001)
+
+        async def receiver() -> None:
+            while len(got) < total:
+                with trio.move_on_after(rng.choice([0, 0.0005, 0.001, 0.003, 0.05])):
+                    channel, message = await layer.receive(*receive_on)
+                    got.append((channel, message["n"]))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                nursery.start_soon(receiver)
+        numbers = [n for _, n in got]
+        assert sorted(numbers) == list(range(total)), "lost or duplicated messages"
+        for target in targets:
+            per_channel = [n for channel, n in got if channel == target]
+            assert per_channel == sorted(per_channel)
+        assert await layer.receive_nowait(*receive_on) is None
+
+
+async def test_unclaimed_local_buffer_goes_back_to_redis(
+    redis_url: str, redis_server: tuple[str, int]
+) -> None:
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        for n in range(20):
+            await layer.send("buf!x", {"n": n})
+        # one receive makes the prefix loop pop a batch into this process ...
+        assert await layer.receive("buf!") == ("buf!x", {"n": 0})
+        # ... and nobody asks for more: within about a second it is back in Redis
+        key = f"{layer.prefix}:q:buf!"
+        with trio.fail_after(5):
+            while await raw(redis_server, "LLEN", key) != 19:
+                await trio.sleep(0.1)
+        # still FIFO, from another process's point of view too
+        async with open_layer(redis_url) as other:
+            assert [(await other.receive("buf!"))[1]["n"] for _ in range(19)] == list(range(1, 20))
+
+
+async def test_flush_deletes_only_this_prefix(
+    redis_url: str, redis_server: tuple[str, int]
+) -> None:
+    async with open_layer(redis_url) as layer:
+        assert isinstance(layer, RedisLayer)
+        neighbour = f"{layer.prefix}x:q:keep"  # a longer prefix sharing the first letters
+        await raw(redis_server, "SET", neighbour, "1", "EX", 60)
+        await layer.send("gone", {})
+        await layer.group_add("g", "gone")
+        await layer.flush()
+        assert await raw(redis_server, "EXISTS", neighbour) == 1
+        assert await raw(redis_server, "EXISTS", f"{layer.prefix}:q:gone") == 0
+        assert await layer.receive_nowait("gone") is None
+        await raw(redis_server, "DEL", neighbour)
+
+
+async def test_key_schema_and_ttls(redis_url: str, redis_server: tuple[str, int]) -> None:
+    async with open_layer(redis_url + "&expiry=30&group_expiry=100") as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        await layer.send("svc.in", {"a": 1})
+        await layer.send("srv.a1!c7", {"b": 2})
+        await layer.group_add("room", "srv.a1!c7")
+        prefix = layer.prefix
+        assert await raw(redis_server, "TYPE", f"{prefix}:q:svc.in") == b"list"
+        assert await raw(redis_server, "TYPE", f"{prefix}:q:srv.a1!") == b"list"
+        assert await raw(redis_server, "TYPE", f"{prefix}:g:room") == b"zset"
+        assert await raw(redis_server, "TYPE", f"{prefix}:m:srv.a1!c7") == b"set"
+        assert 30_000 < await raw(redis_server, "PTTL", f"{prefix}:q:svc.in") <= 31_000
+        assert 99_000 < await raw(redis_server, "PTTL", f"{prefix}:g:room") <= 100_000
+        envelope = await raw(redis_server, "LINDEX", f"{prefix}:q:srv.a1!", -1)
+        assert envelope[13:].startswith(b"srv.a1!c7\n")
+        await layer.flush()
+
+
+async def test_send_group_to_ten_thousand_members(redis_url: str) -> None:
+    members = 10_000
+    url = redis_url + "&channel_capacity=big!:20000"
+    async with open_layer(url) as layer:
+        await layer.flush()
+        async with trio.open_nursery() as nursery:
+            for n in range(members):
+                nursery.start_soon(layer.group_add, "huge", f"big!m{n}")
+        await layer.send_group("huge", {"hello": "all"})
+        seen = set()
+        with trio.fail_after(30):
+            for _ in range(members):
+                channel, message = await layer.receive("big!")
+                assert message == {"hello": "all"}
+                seen.add(channel)
+        assert len(seen) == members
+        stats = await layer.stats()
+        assert stats["groups"] == {"huge": members}
+        await layer.flush()
+
+
+async def test_full_member_is_skipped_and_counted(redis_url: str) -> None:
+    async with open_layer(redis_url + "&channel_capacity=tight!:2") as layer:
+        await layer.flush()
+        for n in range(3):
+            await layer.group_add("g", f"tight!{n}")
+        await layer.group_add("g", "roomy")
+        await layer.send_group("g", {"x": 1})
+        stats = await layer.stats()
+        assert stats["messages_dropped"] == 1
+        assert stats["channels"]["tight!"]["messages_pending"] == 2
+        assert stats["channels"]["tight!"]["capacity"] == 2
+        assert stats["channels"]["roomy"]["messages_pending"] == 1
+        assert (await layer.stats("tight!"))["messages_pending"] == 2
+        await layer.flush()
+
+
+async def test_dead_reader_leaves_all_groups_on_first_send(
+    redis_url: str, redis_server: tuple[str, int]
+) -> None:
+    """A dead process's members stop costing anything after one send_group sees them,
+    and leave the groups that were not sent to as well (no scan of all groups)."""
+    async with open_layer(redis_url + "&expiry=0.3") as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        for g in range(5):
+            await layer.group_add(f"g{g}", "dead!a")
+            await layer.group_add(f"g{g}", "dead!b")
+            await layer.group_add(f"g{g}", "live")
+        await layer.send_group("g0", {})
+        await trio.sleep(0.5)  # the messages to dead! expire unread
+        await layer.send_group("g0", {})
+        groups = (await layer.stats())["groups"]
+        assert groups == {f"g{g}": 1 for g in range(5)}
+        assert await raw(redis_server, "EXISTS", f"{layer.prefix}:m:dead!a") == 0
+        await layer.flush()
+
+
+async def test_sync_facade_over_redis(redis_url: str) -> None:
+    from csp_bus import sync
+
+    def in_thread() -> Any:
+        with sync.connect(redis_url) as bus:
+            bus.send("sync.chan", {"from": "thread"})
+            return bus.receive("sync.chan", timeout=5)
+
+    assert await trio.to_thread.run_sync(in_thread) == ("sync.chan", {"from": "thread"})
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis://h:1/0?prefix=a:b", "prefix"),
+        ("redis://h:1/0?nope=1", "accepted parameters"),
+        ("redis://h:99999/0", "out of range"),
+        ("redis://h/0/1", "database number"),
+        ("unix://host/x.sock", "socket path"),
+        ("redis+sentinel://h:26379", "names the master"),
+        ("redis://h/0?ssl_cert_reqs=none", "rediss"),
+        ("redis://h/0?timeout=0", "positive"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, match: str) -> None:
+    with pytest.raises(InvalidLayerURL, match=match):
+        RedisLayer.from_url(url)
+
+
+def test_url_forms() -> None:
+    layer = RedisLayer.from_url(
+        "redis://alice:p%40ss@a.example:7000,[::1],b/4?prefix=app&timeout=2&capacity=7"
+    )
+    config = layer.config
+    assert [str(e) for e in config.endpoints] == ["a.example:7000", "[::1]:6379", "b:6379"]
+    assert (config.connect.username, config.connect.password) == ("alice", "p@ss")
+    assert config.connect.db == 4 and config.connect.timeout == 2
+    assert config.prefix == "app" and layer.options.capacity == 7
+    assert RedisLayer.from_url("redis://secret@h").config.connect.password == "secret"
+    unix = RedisLayer.from_url("unix:///run/redis.sock?db=2").config
+    assert unix.endpoints[0].path == "/run/redis.sock" and unix.connect.db == 2
+    sentinel = RedisLayer.from_url("redis+sentinel://s1,s2:26380/mymaster/1").config
+    assert sentinel.service == "mymaster" and sentinel.connect.db == 1
+    assert [e.port for e in sentinel.endpoints] == [26379, 26380]
+    assert RedisLayer.from_url("rediss://h/0?ssl_cert_reqs=none").config.connect.tls is not None
