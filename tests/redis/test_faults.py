@@ -36,13 +36,12 @@ async def test_outage_fails_fast_and_receives_resume(redis_servers: Any, channel
         await layer.send(channel, {"n": 1})
         assert await layer.receive(receive_name) == (channel, {"n": 1})
 
-        waiting_error: list[BaseException] = []
+        woke = trio.Event()
 
         async def waiting_receive() -> None:
-            try:
+            with pytest.raises(LayerUnavailable):
                 await layer.receive(receive_name)
-            except LayerUnavailable as exc:
-                waiting_error.append(exc)
+            woke.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiting_receive)
@@ -50,8 +49,7 @@ async def test_outage_fails_fast_and_receives_resume(redis_servers: Any, channel
             server.stop()
             start = trio.current_time()
             with trio.fail_after(3):  # the waiting receive wakes with an error, no hang
-                while not waiting_error:
-                    await trio.sleep(0.01)
+                await woke.wait()
             assert trio.current_time() - start < 3
         for operation in (
             lambda: layer.send(channel, {"n": 2}),

@@ -13,6 +13,7 @@ from csp_bus import open_layer
 from csp_bus.errors import InvalidLayerURL
 from csp_bus.layers.redis import RedisLayer
 from csp_bus.layers.redis.client import Connection, ConnectOptions, Endpoint
+from csp_bus.layers.redis.layer import LINGER
 
 pytestmark = pytest.mark.redis
 
@@ -74,11 +75,9 @@ async def test_unclaimed_local_buffer_goes_back_to_redis(
             await layer.send("buf!x", {"n": n})
         # one receive makes the prefix loop pop a batch into this process ...
         assert await layer.receive("buf!") == ("buf!x", {"n": 0})
-        # ... and nobody asks for more: within about a second it is back in Redis
-        key = f"{layer.prefix}:q:buf!"
-        with trio.fail_after(5):
-            while await raw(redis_server, "LLEN", key) != 19:
-                await trio.sleep(0.1)
+        # ... and nobody asks for more: after LINGER (1 s) it is back in Redis
+        await trio.sleep(LINGER + 0.5)
+        assert await raw(redis_server, "LLEN", f"{layer.prefix}:q:buf!") == 19
         # still FIFO, from another process's point of view too
         async with open_layer(redis_url) as other:
             assert [(await other.receive("buf!"))[1]["n"] for _ in range(19)] == list(range(1, 20))
