@@ -219,6 +219,33 @@ async def test_tight_loop_lets_other_tasks_run(make_layer: Any, operation: str) 
     assert calls <= 2 * CHECKPOINT_EVERY
 
 
+@pytest.mark.parametrize(
+    "channels", [("empty",), ("e1", "e2", "p!"), tuple(f"w{k}" for k in range(40))]
+)
+async def test_a_receive_that_must_wait_is_always_a_checkpoint(
+    layer: ChannelLayer, channels: tuple[str, ...]
+) -> None:
+    for _ in range(CHECKPOINT_EVERY + 1):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with trio.fail_after(1):
+                await layer.receive(*channels)
+        assert scope.cancelled_caught
+
+
+async def test_send_wait_that_must_wait_is_always_a_checkpoint(make_layer: Any) -> None:
+    layer = await make_layer(capacity=1)
+    await layer.send("full", {"n": 0})
+    for n in range(CHECKPOINT_EVERY + 1):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with trio.fail_after(1):
+                await layer.send_wait("full", {"n": n + 1})
+        assert scope.cancelled_caught
+    assert await layer.receive_nowait("full") == ("full", {"n": 0})
+    assert await layer.receive_nowait("full") is None
+
+
 async def test_send_wait_cancelled_sends_nothing(make_layer: Any) -> None:
     layer = await make_layer(capacity=1)
     await layer.send("one", {"n": 1})

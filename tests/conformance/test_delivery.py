@@ -98,16 +98,17 @@ async def test_busy_channel_does_not_starve_a_quiet_one(make_layer: Any, quiet_f
     assert "quiet" in order
 
 
-async def test_quiet_channel_among_many_busy_ones(make_layer: Any) -> None:
+@pytest.mark.parametrize("busy_count", [9, 40])
+async def test_quiet_channel_among_many_busy_ones(make_layer: Any, busy_count: int) -> None:
     layer = await make_layer(capacity=50)
-    busy = [f"busy{k}" for k in range(9)]
+    busy = [f"busy{k}" for k in range(busy_count)]
     for n in range(50):
         for channel in busy:
             await layer.send(channel, {"n": n})
-    for _ in range(20):
+    for _ in range(busy_count * 2 + 3):
         await layer.receive(*busy, "quiet")
     await layer.send("quiet", {})
-    order = [(await layer.receive(*busy, "quiet"))[0] for _ in range(10)]
+    order = [(await layer.receive(*busy, "quiet"))[0] for _ in range(busy_count + 1)]
     assert "quiet" in order
     # ...and the busy ones are served in turn too: none served twice before another once.
     counts = Counter(order)

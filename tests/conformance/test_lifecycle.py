@@ -10,7 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from csp_bus import ChannelFull, ChannelLayer, InvalidChannelName, LayerClosed, open_layer
+from csp_bus import (
+    ChannelFull,
+    ChannelLayer,
+    InvalidChannelName,
+    InvalidLayerURL,
+    LayerClosed,
+    open_layer,
+)
 
 # -- flush ---------------------------------------------------------------------------------
 
@@ -184,6 +191,23 @@ async def test_open_layer_closes_when_its_body_raises(layer_url: str) -> None:
             raise KeyError("boom")
     with pytest.raises(LayerClosed):
         await layer.receive_nowait("x")
+
+
+async def test_open_is_idempotent(layer: ChannelLayer) -> None:
+    await layer.open()
+    await layer.open()
+    await layer.send("x", {})
+    assert await layer.receive_nowait("x") == ("x", {})
+
+
+async def test_layer_class_serves_its_url_scheme(layer: ChannelLayer, layer_url: str) -> None:
+    assert layer_url.split("://")[0] in type(layer).schemes
+
+
+async def test_from_url_refuses_an_unknown_parameter(layer: ChannelLayer, layer_url: str) -> None:
+    separator = "&" if "?" in layer_url else "?"
+    with pytest.raises(InvalidLayerURL, match="capacity"):
+        type(layer).from_url(f"{layer_url}{separator}no_such_parameter=1")
 
 
 async def test_layer_advertises_the_asgi_extensions(layer: ChannelLayer) -> None:
