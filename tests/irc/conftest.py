@@ -115,6 +115,8 @@ class IrcServer:
             conf.write_text(text)
             return [self.binary, "--nodaemon", "--config", str(conf)]
         command = [self.binary, "--listen", self.host, "--ports", str(self.port)]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command += ["--setuid", "root"]  # miniircd refuses root unless told
         if self.tls:
             cert, key = self._certificate()
             command += ["--ssl-cert-file", str(cert), "--ssl-key-file", str(key)]
@@ -162,12 +164,12 @@ def _make_server(tls: bool = False) -> IrcServer:
     ngircd = None if forced == "miniircd" else _ngircd()
     if ngircd is not None:
         return IrcServer("ngircd", ngircd, tls=tls)
-        miniircd = _miniircd()
-        if miniircd is None:
-            pytest.skip(
-                "no IRC server to test against: install Debian's ngircd "
-                "(apt-get install -y ngircd) or PyPI's miniircd (pip install miniircd)"
-            )
+    miniircd = _miniircd()
+    if miniircd is None:
+        pytest.skip(
+            "no IRC server to test against: install Debian's ngircd "
+            "(apt-get install -y ngircd) or PyPI's miniircd (pip install miniircd)"
+        )
     return IrcServer("miniircd", miniircd, tls=tls)
 
 
@@ -259,3 +261,11 @@ async def humans(irc_server: IrcServer) -> Any:
     yield connect
     for human in opened:
         await human.aclose()
+
+
+@pytest.fixture
+def irc_server_with_kick(irc_server: IrcServer) -> IrcServer:
+    """The server, for tests that need channel operators and KICK (ngircd has them)."""
+    if not irc_server.has_kick:
+        pytest.skip("miniircd has no KICK; install ngircd (apt-get install -y ngircd)")
+    return irc_server

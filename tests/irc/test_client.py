@@ -321,9 +321,8 @@ async def test_no_crlf_from_content_ever_reaches_the_wire(
         nursery.cancel_scope.cancel()
 
 
-async def test_kicked_bot_rejoins_after_the_delay(irc_server: Any, humans: Any) -> None:
-    if not irc_server.has_kick:
-        pytest.skip("miniircd has no KICK; install ngircd (apt-get install -y ngircd)")
+async def test_kicked_bot_rejoins_after_the_delay(irc_server_with_kick: Any, humans: Any) -> None:
+    irc_server = irc_server_with_kick
     async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
         op = await humans("op")
         await op.send("JOIN #test")  # first in: channel operator
