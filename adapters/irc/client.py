@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import ssl
 from collections.abc import Sequence
@@ -95,6 +96,8 @@ class IrcServerConfig:
             raise UsageError("IRC server host must not be empty")
         if not 0 < self.port < 65536:
             raise UsageError(f"IRC server port {self.port} is not in 1..65535")
+        if self.tls_ca_file is not None and not os.path.isfile(self.tls_ca_file):
+            raise UsageError(f"IRC server {self.address}: no CA file {self.tls_ca_file!r}")
         self.settings(IrcConfig(servers=()))  # validates nick, channels, SASL ...
 
     def settings(self, config: IrcConfig) -> ClientSettings:

@@ -102,6 +102,7 @@ def test_config_file_with_several_servers(tmp_path: Path) -> None:
         (("--irc-server", "h:1", "--irc-nick", "b", "--irc-sasl-username", "u"), "password"),
         (("--irc-server", "h:1", "--irc-nick", "b", "--irc-flood-rate", "0"), "flood"),
         (("--irc-config", "/nonexistent/irc.toml"), "irc.toml"),
+        (("--irc-server", "h:1", "--irc-nick", "b", "--irc-tls-ca-file", "/no/ca.pem"), "CA file"),
     ],
 )
 def test_bad_options(argv: tuple[str, ...], match: str, monkeypatch: pytest.MonkeyPatch) -> None:
