@@ -451,6 +451,7 @@ class _Connection:
             await self.layer.send(RECEIVE_CHANNEL, message)
         except ChannelFull:
             self.state.dropped_events += 1
+            self.state._touch()
             logger.warning(
                 "IRC %s: %s is full; %s event dropped",
                 self.server.address,

@@ -144,24 +144,10 @@ def test_parse_server_and_backoff() -> None:
 async def test_csp_bus_serve_runs_a_bot(irc_server: Any, humans: Any, tmp_path: Path) -> None:
     """``csp-bus serve --adapter irc --app ...`` as a real process, stopped by SIGTERM."""
     pytest.importorskip("csp_bus.embedded", reason="--app needs the embedded workers")
-    app = tmp_path / "ircbot_app.py"
-    app.write_text(
-        textwrap.dedent(
-            """\
-            from csp_bus.routing import route
-
-            def on_receive(message):
-                if message["type"] == "message" and message["body"] == "!hello":
-                    message.reply_channel.send({
-                        "type": "message",
-                        "channel": message["channel"],
-                        "body": "hello " + message["user"]["nick"],
-                    })
-
-            routes = [route("irc-client.receive", on_receive)]
-            """
-        )
-    )
+    # The bot is the one docs/irc.md shows, taken from the page: the docs stay runnable.
+    docs = (ROOT / "docs" / "irc.md").read_text()
+    bot_code = docs.split("`bot.py`, the whole bot:", 1)[1].split("```python\n", 1)[1]
+    (tmp_path / "ircbot_app.py").write_text(bot_code.split("```", 1)[0])
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     env.pop("CSP_BUS_LAYER", None)
     alice = await humans("alice")
@@ -183,7 +169,10 @@ async def test_csp_bus_serve_runs_a_bot(irc_server: Any, humans: Any, tmp_path: 
             lambda w: len(w) > 1 and w[0].startswith(b":servebot!") and w[1] == b"JOIN", 20
         )
         await alice.send("PRIVMSG #test :!hello")
-        assert await alice.expect_privmsg("servebot") == "hello alice"
+        assert await alice.expect_privmsg("servebot") == "hello, alice!"
+        await alice.send("PRIVMSG servebot :!hello")  # private: the answer comes privately
+        line = await alice.expect(lambda w: len(w) > 2 and w[1] == b"PRIVMSG", 20)
+        assert line.endswith(b" PRIVMSG alice :hello, alice!")
         process.send_signal(signal.SIGTERM)
         quit_line = await alice.expect(lambda w: len(w) > 1 and w[1] == b"QUIT", 20)
         assert quit_line.startswith(b":servebot!") and b"bye for now" in quit_line

@@ -476,3 +476,30 @@ async def test_flood_control_paces_lines_on_the_wire() -> None:
         # machine.
         assert 0.9 <= arrivals[-1] - arrivals[0] < 3.0
         nursery.cancel_scope.cancel()
+
+
+async def test_full_receive_channel_drops_events_and_never_stalls(
+    irc_server: Any, humans: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody consumes irc-client.receive (capacity 3): events beyond are dropped and
+    logged, and the connection keeps working (it still sends what it is told)."""
+    caplog.set_level(logging.WARNING, logger="csp_bus.adapters.irc")
+    async with open_layer("memory://?capacity=3") as layer, trio.open_nursery() as nursery:
+        alice = await humans("alice")
+        await alice.send("JOIN #test")
+        states = await nursery.start(run_irc, layer, make_config(irc_server))
+        state = states[0]
+        await alice.expect(joined_by("bot"))
+        await alice.send(*(f"PRIVMSG #test :message {index}" for index in range(8)))
+        with trio.fail_after(10):
+            while state.dropped_events < 5:
+                await state.changed.wait()
+        assert (await layer.stats("irc-client.receive"))["messages_pending"] == 3
+        assert "irc-client.receive is full; message event dropped" in caplog.text
+        await layer.send(
+            state.reply_channel, {"type": "message", "channel": "#test", "body": "alive"}
+        )
+        assert await alice.expect_privmsg("bot") == "alive"
+        _, first = await layer.receive("irc-client.receive")
+        assert first["body"] == "message 0"  # the oldest kept, FIFO
+        nursery.cancel_scope.cancel()
