@@ -346,11 +346,16 @@ async def test_other_users_traffic(irc_server: Any, humans: Any) -> None:
         recorder, _, _ = await start_bot(nursery, layer, make_config(irc_server))
         await recorder.wait("irc-client.join")
         carol = await humans("carol")
-        await carol.send("JOIN #test", "NICK carola", "PART #test :bye", "QUIT :gone")
+        await carol.send("JOIN #test")
+        # an old latin-1 client: not UTF-8, decoded as latin-1 rather than lost
+        await carol.stream.send_all(b"PRIVMSG #test :caf\xe9 cr\xe8me\r\n")
+        await carol.send("NICK carola", "PART #test :bye", "QUIT :gone")
         joined = await recorder.wait("irc-client.receive", lambda m: m["type"] == "join")
         assert joined["user"]["nick"] == "carol" and joined["channel"] == "#test"
         nick = await recorder.wait("irc-client.receive", lambda m: m["type"] == "nick")
         assert nick["body"] == "carola" and nick["channel"] is None
+        latin = await recorder.wait("irc-client.receive", lambda m: m["type"] == "message")
+        assert latin["body"] == "café crème"
         part = await recorder.wait("irc-client.receive", lambda m: m["type"] == "part")
         assert part["user"]["nick"] == "carola" and part["body"] == "bye"
         nursery.cancel_scope.cancel()
