@@ -8,6 +8,10 @@ a layer that may not be installed, a line in ``_MODULES`` so it skips with a rea
 The suite tests the public contract only (``csp_bus/layers/base.py`` and DESIGN.md
 section 3): no test here may look at a layer's private attributes.
 
+Any other layer, a third-party one found through the ``csp_bus.layers`` entry points
+included, runs the whole suite with ``CSP_BUS_CONFORMANCE_URL=scheme://...`` in the
+environment (parameter id ``url``); docs/conformance.md tells more.
+
 A test that found a bug in one layer calls ``known_bug(layer_kind, "memory", "...")``: the
 test stays in the suite, marked as an expected failure of that layer only (strict, so
 that the fix turns it into a failure until the marker is removed).
@@ -16,6 +20,7 @@ that the fix turns it into a failure until the marker is removed).
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -29,6 +34,11 @@ LAYERS = [
     pytest.param("memory", id="memory"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
+
+#: a layer URL from outside (a third-party layer): the suite runs on it as layer "url".
+EXTRA_URL = os.environ.get("CSP_BUS_CONFORMANCE_URL", "").strip()
+if EXTRA_URL:
+    LAYERS.append(pytest.param("url", id="url"))
 
 #: layer kind -> the module that must import for the kind to run at all.
 _MODULES = {"redis": "csp_bus.layers.redis"}
@@ -60,6 +70,8 @@ def layer_kind(request: pytest.FixtureRequest) -> str:
 def _base_url(kind: str, request: pytest.FixtureRequest) -> str:
     if kind == "memory":
         return "memory://?"
+    if kind == "url":
+        return EXTRA_URL + ("&" if "?" in EXTRA_URL else "?")
     return str(request.getfixturevalue("redis_url")) + "&"
 
 
