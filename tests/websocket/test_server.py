@@ -485,3 +485,48 @@ async def test_frames_sent_right_after_the_request_are_not_lost(
     assert isinstance(events[0], AcceptConnection)
     assert events[1] == TextMessage(data="early")
     await stream.aclose()
+
+
+def test_command_line_options_build_the_config() -> None:
+    import argparse
+    import math
+
+    from csp_bus.adapters.websocket.server import WebSocketAdapter
+
+    from csp_bus.errors import UsageError
+    from csp_bus.server import ServerConfig
+
+    adapter = WebSocketAdapter()
+    parser = argparse.ArgumentParser()
+    adapter.add_arguments(parser.add_argument_group("websocket"))
+    args = parser.parse_args(
+        [
+            "--ws-max-message-size",
+            "2M",
+            "--ws-ping-interval",
+            "off",
+            "--allowed-origins",
+            "https://a.example,*.b.example",
+            "--allowed-origins",
+            "localhost:8000",
+            "--no-ws-compression",
+            "--ws-max-connections",
+            "7",
+            "--ws-receive-timeout",
+            "3",
+        ]
+    )
+    config = adapter.configure(args, ServerConfig(root_path="/api"))
+    assert config.protocol.max_message_size == 2 * 1024 * 1024
+    assert config.protocol.ping_interval is None
+    assert config.protocol.allowed_origins == ("https://a.example", "*.b.example", "localhost:8000")
+    assert config.protocol.compression is False
+    assert config.protocol.root_path == "/api"
+    assert config.max_connections == 7
+    assert config.receive_timeout == 3
+    assert math.isclose(config.handshake_timeout, 5)
+    defaults = adapter.configure(parser.parse_args([]), ServerConfig())
+    assert defaults.protocol.allowed_origins is None
+    assert defaults.protocol.ping_interval == 20
+    with pytest.raises(UsageError):
+        adapter.configure(parser.parse_args(["--ws-max-connections", "0"]), ServerConfig())
