@@ -165,12 +165,41 @@ async def _count_members(layer: ChannelLayer) -> int:
     return count
 
 
+async def _join(layer: ChannelLayer) -> None:
+    for n in range(CHECKPOINT_EVERY * 4):
+        await layer.group_add("g", f"m!{n}")
+
+
+async def _count_left(layer: ChannelLayer) -> int:
+    """How many members were discarded (of the ones _join added)."""
+    return CHECKPOINT_EVERY * 4 - await _count_members(layer)
+
+
+async def _two_members(layer: ChannelLayer) -> None:
+    await layer.group_add("pair", "left")
+    await layer.group_add("pair", "right")
+
+
+async def _count_pair(layer: ChannelLayer) -> int:
+    counts = []
+    for member in ("left", "right"):
+        count = 0
+        while await layer.receive_nowait(member) is not None:
+            count += 1
+        counts.append(count)
+    assert counts[0] == counts[1], f"a send_group reached one member only: {counts}"
+    return counts[0]
+
+
 # name -> (prepare, one step, how many steps took effect given how many returned)
 OPERATIONS: dict[str, tuple[Callable[[ChannelLayer], Awaitable[None]] | None, Step, Any]] = {
     "send": (None, lambda layer, n: layer.send("ready", {"n": n}), _count_ready),
     "receive": (_fill, lambda layer, n: layer.receive("ready"), None),
     "receive_nowait": (_fill, lambda layer, n: layer.receive_nowait("ready"), None),
     "group_add": (None, lambda layer, n: layer.group_add("g", f"m!{n}"), _count_members),
+    "group_discard": (_join, lambda layer, n: layer.group_discard("g", f"m!{n}"), _count_left),
+    "send_group": (_two_members, lambda layer, n: layer.send_group("pair", {"n": n}), _count_pair),
+    "send_wait": (None, lambda layer, n: layer.send_wait("ready", {"n": n}), _count_ready),
 }
 
 
