@@ -116,6 +116,8 @@ class _Progress:
     status: int = 0
     sent: int = 0
     failed: bool = False
+    gone: bool = False
+    body_done: bool = False
 
 
 class _ClientGone(Exception):
@@ -338,6 +340,7 @@ class HTTPFront:
             logger.warning("cannot send http.request: %s", exc)
             await self._send_error(stream, proto, 503, conn, head)
             return False
+        del message, body  # a long-poll holds this frame: keep it small
         return await self._respond(stream, conn, proto, head, reply, body_channel, chunk_size)
 
     async def _read_body(
@@ -380,7 +383,6 @@ class HTTPFront:
         proto: HTTPServerProtocol,
         body_channel: str,
         chunk_size: int,
-        done: trio.Event,
     ) -> None:
         """Stream the rest of the body to ``body_channel``, reading the socket only as
         fast as the channel takes chunks (``send_wait``): flow control end to end."""
@@ -402,17 +404,13 @@ class HTTPFront:
                     return
         except (ChannelFull, LayerError):
             raise _ClientGone from None  # nobody reads the body: give up on it
-        finally:
-            done.set()
 
-    async def _watch_client(
-        self, stream: trio.abc.Stream, proto: HTTPServerProtocol, gone: trio.Event
-    ) -> None:
-        """While a response is pending: notice the client leaving, buffer pipelining."""
+    async def _watch_client(self, stream: trio.abc.Stream, proto: HTTPServerProtocol) -> None:
+        """While a response is pending: return when the client leaves; buffer pipelined
+        requests meanwhile (up to a limit, then stop reading: TCP pushes back)."""
         while proto.buffered < _READ_AHEAD_LIMIT:
             data = await self._receive(stream)
             if not data:
-                gone.set()
                 return
             proto.receive_data(data)
         await trio.sleep_forever()
@@ -451,54 +449,51 @@ class HTTPFront:
                 if proto.response_done:
                     self._log(conn, head, state.status, state.sent)
                     return proto.keep_alive
-        gone = trio.Event()
-        body_done = trio.Event()
 
-        async def reader() -> None:
+        # One extra task reads (the rest of the body, then only to notice the client
+        # leaving); this task writes. Either ends the other through the nursery's scope.
+        async def reader(cancel: trio.CancelScope) -> None:
             if body_channel is not None:
                 try:
-                    await self._pump_body(stream, proto, body_channel, chunk_size, body_done)
+                    await self._pump_body(stream, proto, body_channel, chunk_size)
+                    state.body_done = True
                 except _ClientGone:
-                    gone.set()
+                    state.gone = True
+                    cancel.cancel()
                     return
-            await self._watch_client(stream, proto, gone)
-
-        async def writer(cancel: trio.CancelScope) -> None:
-            try:
-                while not proto.response_done:
-                    message = None
-                    if proto.response_started:
-                        message = await reply.receive()
-                    else:
-                        with trio.move_on_at(deadline):
-                            message = await reply.receive()
-                        if message is None:
-                            await self._send_error(stream, proto, 504, conn, head)
-                            break
-                    if not await self._write(stream, proto, head, message, state, conn):
-                        break
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                gone.set()
-            except ReplyOverrun:
-                pass
-            cancel.cancel()
-
-        async def watch_gone(cancel: trio.CancelScope) -> None:
-            await gone.wait()
+            await self._watch_client(stream, proto)
+            state.gone = True
             cancel.cancel()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            nursery.start_soon(writer, nursery.cancel_scope)
-            nursery.start_soon(watch_gone, nursery.cancel_scope)
-        if gone.is_set() and not proto.response_done:
+            nursery.start_soon(reader, nursery.cancel_scope)
+            try:
+                while not proto.response_done:
+                    if proto.response_started:
+                        message = await reply.receive()
+                    else:
+                        found = None
+                        with trio.move_on_at(deadline):
+                            found = await reply.receive()
+                        if found is None:
+                            await self._send_error(stream, proto, 504, conn, head)
+                            break
+                        message = found
+                    if not await self._write(stream, proto, head, message, state, conn):
+                        break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                state.gone = True
+            except ReplyOverrun:
+                pass
+            nursery.cancel_scope.cancel()
+        if state.gone and not proto.response_done:
             await self._disconnected(reply, head)
         if state.status:
             self._log(conn, head, state.status, state.sent)
         if not proto.response_done or state.failed:
             return False
         # Reusable only when the request was read to its end and nothing forbids it.
-        return proto.keep_alive and (body_channel is None or body_done.is_set())
+        return proto.keep_alive and (body_channel is None or state.body_done)
 
     async def _write(
         self,
