@@ -211,15 +211,16 @@ class HTTPServerProtocol:
 
     def next_event(self) -> Event:
         """The next event, or ``NEED_DATA``/``PAUSED``. Raises :class:`HTTPProtocolError`."""
-        if self._pushed_back is not None:
-            event, self._pushed_back = self._pushed_back, None
-            return event
+        pushed = self._pushed_back
+        if pushed is not None:
+            self._pushed_back = None
+            return pushed
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in ERROR_STATUSES else 400
             raise HTTPProtocolError(str(exc) or "malformed request", status) from exc
-        kind = type(event)
+        kind: type = type(event)
         if kind is h11.Data:
             data = bytes(event.data)  # type: ignore[union-attr]
             self._body_received += len(data)
@@ -335,7 +336,8 @@ class HTTPServerProtocol:
             lower = name.lower()
             if lower == b"content-length" or lower == b"transfer-encoding":
                 has_length = True
-        if not has_length and not more_content:
+        # RFC 9110 8.6: no Content-Length on 204; on 304 it would describe the GET.
+        if not has_length and not more_content and status not in (204, 304):
             pairs.append((b"content-length", str(len(content)).encode("ascii")))
         if close or self._must_close:
             pairs.append((b"connection", b"close"))

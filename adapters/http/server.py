@@ -174,7 +174,7 @@ class HTTPFront:
 
     async def _receive(self, stream: trio.abc.Stream) -> bytes:
         try:
-            return await stream.receive_some(_READ_SIZE)
+            return bytes(await stream.receive_some(_READ_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
