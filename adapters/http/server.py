@@ -368,7 +368,10 @@ class HTTPFront:
                 return True
             elif event is NEED_DATA:
                 if proto.waiting_for_100_continue:
-                    await stream.send_all(proto.send_continue())
+                    try:
+                        await stream.send_all(proto.send_continue())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        raise _ClientGone from None
                 with trio.fail_after(self.config.body_timeout):
                     data = await self._receive(stream)
                 if not data:

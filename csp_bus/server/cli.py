@@ -163,6 +163,9 @@ def _run_workers(
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:  # child
+            # Its own process group: a terminal's Ctrl-C reaches the parent only, which
+            # forwards it once (twice would mean "stop now" to the child).
+            os.setpgid(0, 0)
             code = 0
             try:
                 trio.run(_serve_main, args, config, adapters, sockets)
@@ -227,7 +230,7 @@ def _run_reloading(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     while True:
         seen = _python_files(root)
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, process_group=0)  # see _run_workers
         changed = False
         while not stop and child.poll() is None:
             time.sleep(1.0)

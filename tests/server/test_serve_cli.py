@@ -135,3 +135,19 @@ def test_workers_share_the_socket_on_redis(tmp_path: Path, processes, redis_url:
             assert response.text.startswith("hello from ")
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
+
+
+def test_reload_restarts_on_a_change(tmp_path: Path, processes) -> None:
+    process = serve(
+        tmp_path, "--reload", "--app", "bench_app_mod:app", "--bind", "127.0.0.1:0",
+        "--graceful-timeout", "1",
+    )  # fmt: skip
+    processes.append(process)
+    wait_ready(process)
+    time.sleep(1.2)  # mtimes have a resolution; make the change visibly later
+    (tmp_path / "bench_app_mod.py").write_text(APP.replace("hello from", "hi from"))
+    (second,) = wait_ready(process)
+    with httpx.Client() as client:
+        assert client.get(second + "/").text.startswith("hi from ")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(20) == 0
