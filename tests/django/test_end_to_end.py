@@ -61,7 +61,7 @@ def start_runserver(*extra: str) -> tuple[subprocess.Popen[str], str]:
         if not line:
             break
         lines.append(line)
-        found = re.search(r"Starting development server at (http://[\d.]+:\d+)/", line)
+        found = re.search(r"Starting csp-bus development server at (http://[\d.]+:\d+)/", line)
         if found:
             return process, found.group(1)
     raise AssertionError("runserver did not start:\n" + "".join(lines) + stop(process))

@@ -156,8 +156,10 @@ class Command(DjangoRunserver):  # type: ignore[misc]  # Django ships no types
 
             runtime = await nursery.start(serve)
             port = int(runtime.addresses[0].rsplit(":", 1)[1].rstrip("/"))
-            self.on_bind(port)
-            self.stdout.flush()
+            what = " + ".join(adapter.name for adapter in adapters)
+            if worker is not None:
+                what += f", {worker.threads} worker threads"
+            self._announce(port, f"{what}, layer {url}")
             if threading.current_thread() is threading.main_thread():
                 # --noreload: stop gracefully on Ctrl-C/SIGTERM (in-flight responses end,
                 # WebSockets close with 1001), a second signal stops at once. Under the
@@ -181,6 +183,32 @@ class Command(DjangoRunserver):  # type: ignore[misc]  # Django ships no types
                 await server_done.wait()
             if worker is not None:
                 worker.stop()
+
+    def _announce(self, port: int, what: str) -> None:
+        from datetime import datetime
+
+        if self._raw_ipv6:
+            address = f"[{self.addr}]"
+        elif self.addr == "0":
+            address = "0.0.0.0"
+        else:
+            address = self.addr
+        quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
+        self.stdout.write(
+            f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
+            f"Django version {self.get_version()}, using settings "
+            f"{django_settings.SETTINGS_MODULE!r}\n"
+            f"Starting csp-bus development server at http://{address}:{port}/ ({what})\n"
+            f"Quit the server with {quit_command}."
+        )
+        if os.environ.get("DJANGO_RUNSERVER_HIDE_WARNING") != "true":
+            self.stdout.write(
+                self.style.WARNING(
+                    "WARNING: This is a development server. Do not use it in a production "
+                    "setting: run 'csp-bus serve' and 'manage.py runworker' (docs/django.md)."
+                )
+            )
+        self.stdout.flush()
 
 
 def _unwrap(exc: BaseException) -> BaseException:
