@@ -13,8 +13,9 @@ Method (shared/research/anchors.md): every server is pinned to CPU 0 and wrk to 
 (taskset), access logs are off everywhere, backlogs are 2048; after a 2 s warm-up,
 ``wrk -t1 -c50 -dNs --latency`` runs ``--runs`` times against the same server instance;
 tables show the median (min-max). "srv CPU" is the server's CPU use during the runs
-(1.00 = its core saturated); "foreign" is the CPU other processes used meanwhile (in
-cores): a busy machine makes every figure lower, so compare rows of the same run.
+(1.00 = its core saturated) and "CPU us/req" the server CPU time per request, the figure
+least disturbed by a busy machine; "foreign" is the CPU other processes used meanwhile
+(in cores): a busy machine makes every other figure lower, so compare rows of one run.
 """
 
 from __future__ import annotations
@@ -202,32 +203,69 @@ def wrk(port: int, seconds: float, connections: int, server_pids: list[int]) -> 
     return Run(rps, p50, p99, errors, server_cpu, foreign)
 
 
-def measure(server: Server, args: argparse.Namespace, workdir: Path) -> list[Run]:
+def start(server: Server, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     command = [part.replace("{port}", str(port)) for part in server.command]
     if shutil.which("taskset"):
         command = ["taskset", "-c", "0", *command]
     env = {**os.environ, "PYTHONPATH": str(workdir), **server.env}
     process = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    wait_port(port, process)
+    return process, port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
     try:
-        wait_port(port, process)
-        pids = children(process.pid)
-        wrk(port, 2, args.connections, pids)  # warm-up
-        runs = []
-        for _ in range(args.runs):
-            runs.append(wrk(port, args.duration, args.connections, children(process.pid)))
-        return runs
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def quiet_window(limit: float, patience: float) -> float:
+    """Wait (up to ``patience`` s) for a 1 s window in which the machine uses less than
+    ``limit`` cores; return the load of the last window seen."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = machine_cpu()
+        time.sleep(1)
+        load = machine_cpu() - before
+        if load < limit or time.monotonic() > deadline:
+            return load
+
+
+def measure_all(
+    servers: list[Server], args: argparse.Namespace, workdir: Path
+) -> dict[str, list[Run]]:
+    """Every server is started once and idles while the others are measured; the runs
+    go round-robin (run 1 of each, then run 2...) so that a noisy moment on a shared
+    machine does not fall on one server only."""
+    started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    results: dict[str, list[Run]] = {server.name: [] for server in servers}
+    try:
+        for server in servers:
+            started[server.name] = start(server, workdir)
+            process, port = started[server.name]
+            wrk(port, 2, args.connections, children(process.pid))  # warm-up
+        for run in range(args.runs):
+            for server in servers:
+                process, port = started[server.name]
+                load = quiet_window(args.quiet, args.patience)
+                print(
+                    f"run {run + 1}: {server.name} (machine load before: {load:.2f} cores)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                results[server.name].append(
+                    wrk(port, args.duration, args.connections, children(process.pid))
+                )
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        for process, _ in started.values():
+            stop(process)
+    return results
 
 
 def fmt(values: list[float], spec: str) -> str:
@@ -240,6 +278,15 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.3,
+        help="before each run, wait for a second where the machine uses fewer cores",
+    )
+    parser.add_argument(
+        "--patience", type=float, default=20, help="seconds to wait for such a quiet second"
+    )
     parser.add_argument(
         "--only", action="append", default=[], help="server names to run (repeatable)"
     )
@@ -304,14 +351,11 @@ def main() -> int:
     ]
     if args.only:
         servers = [s for s in servers if s.name in args.only]
-    results: dict[str, list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="csp-bus-bench-http-") as tmp:
         workdir = Path(tmp)
         (workdir / "raw_asgi.py").write_text(RAW_ASGI)
         (workdir / "bench_http_app.py").write_text(CSP_APP)
-        for server in servers:
-            print(f"measuring {server.name} ...", file=sys.stderr, flush=True)
-            results[server.name] = measure(server, args, workdir)
+        results = measure_all(servers, args, workdir)
 
     print(
         f"\nHTTP hello world, wrk -t1 -c{args.connections} -d{args.duration:g}s, "
@@ -319,7 +363,7 @@ def main() -> int:
     )
     header = (
         f"{'server':<15} {'req/s':>24} {'p50 ms':>20} {'p99 ms':>22} "
-        f"{'errors':>6} {'srv CPU':>7} {'foreign':>7}"
+        f"{'errors':>6} {'srv CPU':>7} {'CPU us/req':>10} {'foreign':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -329,6 +373,7 @@ def main() -> int:
             f"{fmt([r.p50 for r in runs], '.2f'):>20} {fmt([r.p99 for r in runs], '.2f'):>22} "
             f"{sum(r.errors for r in runs):>6} "
             f"{statistics.median(r.server_cpu for r in runs):>7.2f} "
+            f"{statistics.median(r.server_cpu / r.rps * 1e6 for r in runs if r.rps):>10.0f} "
             f"{max(r.foreign for r in runs):>7.2f}"
         )
     if "daphne" in results:
