@@ -194,15 +194,17 @@ class Connection:
         """Send ``data`` whole; shielded, so a cancelled caller never leaves half a
         command on the wire. Bounded by ``timeout``."""
         self.outstanding += commands
+        # One scope: shielded from the caller's cancellation, bounded by its own deadline.
+        scope = trio.CancelScope(shield=True, deadline=trio.current_time() + self.options.timeout)
         try:
-            with trio.CancelScope(shield=True), trio.fail_after(self.options.timeout):
+            with scope:
                 await self.stream.send_all(data)
-        except trio.TooSlowError:
-            self.broken = True
-            raise LayerTimeout(f"writing to Redis at {self.endpoint} timed out") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = True
             raise LayerUnavailable(f"the connection to Redis at {self.endpoint} broke") from exc
+        if scope.cancelled_caught:
+            self.broken = True
+            raise LayerTimeout(f"writing to Redis at {self.endpoint} timed out")
 
     def next_reply(self) -> Any:
         """A reply already buffered, or ``_NEED_DATA``."""
@@ -316,6 +318,7 @@ class Multiplexer:
         self._writer = trio.lowlevel.ParkingLot()
         self._error: LayerError | None = None
         self._read_scope: trio.CancelScope | None = None
+        self._progress = 0.0  # when the last reply arrived (or the first command left)
         self._run_scope = trio.CancelScope()
 
     @property
@@ -348,15 +351,23 @@ class Multiplexer:
         try:
             while True:
                 reply = connection.next_reply()
-                while reply is not _NEED_DATA:
-                    self._deliver(reply)
-                    reply = connection.next_reply()
-                deadline = trio.current_time() + timeout if self._pending else float("inf")
+                if reply is not _NEED_DATA:
+                    self._progress = trio.current_time()
+                    while reply is not _NEED_DATA:
+                        self._deliver(reply)
+                        reply = connection.next_reply()
+                # The read deadline is "timeout after the last progress" while commands
+                # wait; it is moved only when it fires, not on every reply (cheaper).
+                deadline = self._progress + timeout if self._pending else float("inf")
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._read_scope = scope
                     await connection.receive_some()
                 self._read_scope = None
-                if scope.cancelled_caught:
+                if (
+                    scope.cancelled_caught
+                    and self._pending
+                    and trio.current_time() >= self._progress + timeout
+                ):
                     raise LayerTimeout(
                         f"Redis at {connection.endpoint} did not answer within {timeout} s"
                     )
@@ -383,13 +394,6 @@ class Multiplexer:
             waiter.result = outcome.Value(waiter.replies)
         if waiter.parked:
             trio.lowlevel.reschedule(waiter.task, waiter.result)
-        scope = self._read_scope
-        if scope is not None:  # progress: give the next reply a fresh timeout
-            scope.deadline = (
-                trio.current_time() + self.connection.options.timeout
-                if self._pending
-                else float("inf")
-            )
 
     def _break(self, error: LayerError) -> None:
         if self._error is None:
@@ -410,8 +414,10 @@ class Multiplexer:
             raise self._error
         waiter = _Waiter(trio.lowlevel.current_task(), count, command, many)
         self._buffer += data
-        if not self._pending and self._read_scope is not None:
-            self._read_scope.deadline = trio.current_time() + self.connection.options.timeout
+        if not self._pending:
+            self._progress = trio.current_time()
+            if self._read_scope is not None:
+                self._read_scope.deadline = self._progress + self.connection.options.timeout
         self._pending.append(waiter)
         self._writer.unpark()
         waiter.parked = True

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
@@ -77,6 +77,8 @@ BATCH = 1024
 
 # (deadline ms, full channel name, msgpack payload, envelope as stored in Redis)
 _Item = tuple[int, str, bytes, bytes]
+# (process-local prefixes, normal channel names, the prefixes' local queues)
+_Selector = tuple[tuple[str, ...], tuple[str, ...], tuple["_LocalQueue", ...]]
 
 
 def _now_ms() -> int:
@@ -100,7 +102,9 @@ class _LocalQueue:
         self.key = key
         self.capacity = capacity
         self.buffer: deque[_Item] = deque()
-        self.waiters: dict[_Waiter, None] = {}
+        # OrderedDict: popping the oldest is O(1); a plain dict's next(iter()) walks
+        # over the slots of every waiter removed before it (quadratic for big fan-outs).
+        self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
         self.demand = trio.Event()
         self.running = False
         self.served = 0
@@ -134,7 +138,7 @@ class RedisLayer(ChannelLayer):
         self._nodes: list[RedisNode] = []
         self._node_of: dict[str, RedisNode] = {}
         self._capacities: dict[str, int] = {}
-        self._selectors: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._selectors: dict[tuple[str, ...], _Selector] = {}
         self._local: dict[str, _LocalQueue] = {}
         self._opened = False
         self._host_done = trio.Event()
@@ -322,7 +326,7 @@ class RedisLayer(ChannelLayer):
 
     # -- receiving -----------------------------------------------------------------------
 
-    def _selector(self, channels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _selector(self, channels: tuple[str, ...]) -> _Selector:
         found = self._selectors.get(channels)
         if found is None:
             if not channels:
@@ -330,9 +334,10 @@ class RedisLayer(ChannelLayer):
             keys = dict.fromkeys(validate_receive_name(name) for name in channels)
             local = tuple(key for key in keys if key.endswith("!"))
             normal = tuple(key for key in keys if not key.endswith("!"))
+            queues = tuple(self._local_queue(key) for key in local)
             if len(self._selectors) >= 1024:
                 self._selectors.clear()
-            found = self._selectors[channels] = (local, normal)
+            found = self._selectors[channels] = (local, normal, queues)
         return found
 
     def _local_queue(self, key: str) -> _LocalQueue:
@@ -370,10 +375,10 @@ class RedisLayer(ChannelLayer):
             self._expired += 1
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
-        local_keys, normal_keys = self._selector(channels)
+        _, normal_keys, queues = self._selector(channels)
         await self._enter()
         try:
-            item = await self._receive(local_keys, normal_keys)
+            item = await self._receive(queues, normal_keys)
         except LayerError as exc:
             if self._closed and not isinstance(exc, LayerClosed):
                 raise self._closed_error(exc) from exc
@@ -384,8 +389,9 @@ class RedisLayer(ChannelLayer):
         self._received += 1
         return item[1], decode(item[2])
 
-    async def _receive(self, local_keys: tuple[str, ...], normal_keys: tuple[str, ...]) -> _Item:
-        queues = tuple(self._local_queue(key) for key in local_keys)
+    async def _receive(
+        self, queues: tuple[_LocalQueue, ...], normal_keys: tuple[str, ...]
+    ) -> _Item:
         if queues and normal_keys:
             # Alternate which kind is looked at first, so that a full local buffer
             # never starves the plain channels (fairness across channels).
@@ -412,14 +418,14 @@ class RedisLayer(ChannelLayer):
         async def run_local(nursery: trio.Nursery) -> None:
             try:
                 won.append((None, await self._wait_local(queues)))
-            except LayerError as exc:
+            except (LayerError, LayerClosed) as exc:
                 errors.append(exc)
             nursery.cancel_scope.cancel()
 
         async def run_node(nursery: trio.Nursery, node: RedisNode, keys: list[str]) -> None:
             try:
                 won.append((node, await self._pop_blocking(node, keys)))
-            except LayerError as exc:
+            except (LayerError, LayerClosed) as exc:
                 errors.append(exc)
             nursery.cancel_scope.cancel()
 
@@ -488,7 +494,7 @@ class RedisLayer(ChannelLayer):
             if item[0] <= now:
                 self._expired += 1
                 continue
-            waiter = next(iter(queue.waiters))
+            waiter = queue.waiters.popitem(last=False)[0]
             self._unregister(waiter)
             trio.lowlevel.reschedule(waiter.task, outcome.Value(item))
 
@@ -591,9 +597,8 @@ class RedisLayer(ChannelLayer):
             connection.abort()
 
     async def receive_nowait(self, *channels: str) -> tuple[str, Message] | None:
-        local_keys, normal_keys = self._selector(channels)
+        local_keys, normal_keys, queues = self._selector(channels)
         await self._enter()
-        queues = tuple(self._local_queue(key) for key in local_keys)
         item = self._take_local(queues) if queues else None
         if item is None:
             try:

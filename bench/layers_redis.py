@@ -1,0 +1,281 @@
+"""redis:// beside channels_redis, on the same Redis, in one run (``bench/layers.py --layer
+redis`` calls :func:`bench_redis`; ``python bench/layers_redis.py`` runs it alone).
+
+Method:
+* a private ``redis-server`` on a free port, pinned with ``taskset`` to core 0 (no
+  persistence), so every side measures against the same, otherwise idle server;
+* this process (csp-bus, Trio) and the peers' subprocess (channels_redis 4.3,
+  ``RedisChannelLayer`` and ``RedisPubSubChannelLayer``, asyncio, in the peers' venv
+  ``bench/.peers/venv``) run pinned to another core (``bench/layers.py --core``);
+* ``redis-benchmark -c 50 -P 1 -t lpush`` on the same server is the ceiling: 50
+  connections, one command in flight on each;
+* every figure 3 times; medians with the range; ratios of medians.
+
+Figures: sequential send+receive pairs/s; N producer/consumer pairs (each consumer reads
+its own reply channel: ``new_channel()`` for channels_redis, a ``new_channel("b.i!")``
+prefix per pair for csp-bus) in messages/s; send_group to 1,000 members, from the call
+until every member's waiting receive returned; the 1,000 ``group_add`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peers import peer_python
+
+from csp_bus import open_layer
+
+HERE = Path(__file__).resolve().parent
+MESSAGE = {"type": "bench.message", "text": "hello", "n": 1}
+RUNS = 3
+PEER_REQUIREMENTS = ["channels==4.3.2", "channels_redis==4.3.0"]
+SERVER_CORE = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _taskset(core: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
+        return ["taskset", "-c", str(core)]
+    return []
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], int, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("bench_redis needs redis-server on PATH")
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="csp-bus-bench-redis-")
+    process = subprocess.Popen(
+        [*_taskset(SERVER_CORE), binary, "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("the benchmark's redis-server did not start")
+        time.sleep(0.05)
+    return process, port, workdir
+
+
+def redis_benchmark(port: int) -> float:
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", "50", "-P", "1", "-t", "lpush",
+         "-n", "100000", "-q"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    found = re.findall(r"LPUSH: ([\d.]+) requests per second", out)
+    return float(found[-1])
+
+
+# ------------------------------------------------------------------------ csp-bus side
+
+
+async def csp_sequential(url: str, n: int) -> float:
+    async with open_layer(url) as layer:
+        await layer.send("bench.seq", MESSAGE)
+        await layer.receive("bench.seq")  # warm-up: connections open
+        start = time.perf_counter()
+        for _ in range(n):
+            await layer.send("bench.seq", MESSAGE)
+            await layer.receive("bench.seq")
+        return n / (time.perf_counter() - start)
+
+
+async def csp_pairs(url: str, count: int, per_pair: int, kind: str) -> float:
+    """``kind``: "reply" (a prefix per pair, like a reply channel each), "plain"
+    (a normal channel per pair), "server" (one process prefix shared by every pair, the
+    interface-server pattern: any waiting task takes the next message)."""
+    async with open_layer(url) as layer:
+        if kind == "reply":
+            sends = [await layer.new_channel(f"bench.r{i}!") for i in range(count)]
+            receives = [name.split("!")[0] + "!" for name in sends]
+        elif kind == "plain":
+            sends = receives = [f"bench.plain{i}" for i in range(count)]
+        else:
+            sends = [await layer.new_channel("bench.srv!") for _ in range(count)]
+            receives = ["bench.srv!"] * count
+
+        async def produce(channel: str) -> None:
+            for _ in range(per_pair):
+                await layer.send_wait(channel, MESSAGE)
+
+        async def consume(channel: str) -> None:
+            for _ in range(per_pair):
+                await layer.receive(channel)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(produce, sends[i])
+                nursery.start_soon(consume, receives[i])
+        return count * per_pair / (time.perf_counter() - start)
+
+
+async def csp_group(url: str, members: int) -> dict[str, float]:
+    async with open_layer(url) as layer:
+        names = [f"bench.g!m{i}" for i in range(members)]
+        start = time.perf_counter()
+        for name in names:
+            await layer.group_add("bench-group", name)
+        add_seconds = time.perf_counter() - start
+        done = trio.Event()
+        received = 0
+
+        async def waiter() -> None:
+            nonlocal received
+            await layer.receive("bench.g!")
+            received += 1
+            if received == members:
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(members):
+                nursery.start_soon(waiter)
+            await trio.sleep(0.5)  # every receive is waiting
+            start = time.perf_counter()
+            await layer.send_group("bench-group", MESSAGE)
+            await done.wait()
+            elapsed = time.perf_counter() - start
+        await layer.flush()
+        return {"group_ms": elapsed * 1000, "group_add_s": add_seconds}
+
+
+# ------------------------------------------------------------------------ peers
+
+
+def peer_figures(port: int, kind: str) -> dict[str, float]:
+    python = peer_python(PEER_REQUIREMENTS)
+    out = subprocess.run(
+        [str(python), str(HERE / "peers" / "channels_redis_peer.py"), str(port), kind],
+        check=True, capture_output=True, text=True, timeout=600,
+    ).stdout  # fmt: skip
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------ report
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _cell(values: list[float], unit: str = "") -> str:
+    if not values:
+        return "-"
+    return f"{_median(values):,.0f}{unit} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def bench_redis(runs: int = RUNS) -> None:
+    process, port, workdir = start_server()
+    base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000"
+    group_url = base + "&channel_capacity=bench.g!:20000"
+    figures: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        figures.setdefault(name, []).append(value)
+
+    try:
+        for run in range(runs):
+            print(f"   run {run + 1}/{runs} ...", file=sys.stderr, flush=True)
+            add("ceiling", redis_benchmark(port))
+            add("csp.sequential", trio.run(csp_sequential, base, 3000))
+            for count, per_pair in ((10, 1000), (50, 400)):
+                for kind in ("reply", "plain", "server"):
+                    add(
+                        f"csp.pairs{count}.{kind}", trio.run(csp_pairs, base, count, per_pair, kind)
+                    )
+            for members in (1000, 10_000):
+                result = trio.run(csp_group, group_url, members)
+                add(f"csp.group{members}", result["group_ms"])
+                add(f"csp.group_add{members}", result["group_add_s"] * 1000)
+            for kind in ("core", "pubsub"):
+                peer = peer_figures(port, kind)
+                for key in ("sequential", "pairs10", "pairs50", "group_ms"):
+                    add(f"{kind}.{key}", peer[key])
+                add(f"{kind}.group_add", peer["group_add_s"] * 1000)
+    finally:
+        process.kill()
+        process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(figures, runs)
+
+
+def report(figures: dict[str, list[float]], runs: int) -> None:
+    m: Callable[[str], float] = lambda name: _median(figures[name])  # noqa: E731
+    ceiling = m("ceiling")
+    print(f"\n== redis:// vs channels_redis 4.3 (same private redis-server, {runs} runs, medians)")
+    header = f"{'figure':<34}{'csp-bus':>24}{'RedisChannelLayer':>24}{'RedisPubSub':>24}"
+    print(header + f"{'vs core':>9}{'vs pubsub':>10}")
+    rows: list[tuple[str, str, str, str]] = [
+        ("sequential send+receive /s", "csp.sequential", "core.sequential", "pubsub.sequential"),
+        ("10 pairs, reply channels msg/s", "csp.pairs10.reply", "core.pairs10", "pubsub.pairs10"),
+        ("50 pairs, reply channels msg/s", "csp.pairs50.reply", "core.pairs50", "pubsub.pairs50"),
+    ]
+    for label, ours, core, pubsub in rows:
+        print(
+            f"{label:<34}{_cell(figures[ours]):>24}{_cell(figures[core]):>24}"
+            f"{_cell(figures[pubsub]):>24}{m(ours) / m(core):>8.1f}x{m(ours) / m(pubsub):>9.1f}x"
+        )
+    for label, ours, core, pubsub in (
+        ("send_group 1,000: ms to all", "csp.group1000", "core.group_ms", "pubsub.group_ms"),
+        ("1,000 group_add calls: ms", "csp.group_add1000", "core.group_add", "pubsub.group_add"),
+    ):
+        print(
+            f"{label:<34}{_cell(figures[ours], ' ms'):>24}{_cell(figures[core], ' ms'):>24}"
+            f"{_cell(figures[pubsub], ' ms'):>24}"
+            f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (faster)"
+        )
+    print(f"{'send_group 10,000: ms to all':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
+    print(f"{'10,000 group_add calls: ms':<34}{_cell(figures['csp.group_add10000'], ' ms'):>24}")
+    print("\n-- csp-bus pairs by channel kind (msg/s) and the redis-benchmark ceiling")
+    print(f"{'redis-benchmark -c 50 -P 1 LPUSH':<34}{_cell(figures['ceiling']):>24} req/s")
+    for count in (10, 50):
+        for kind, text in (
+            ("reply", "a reply prefix per pair"),
+            ("plain", "a plain channel per pair"),
+            ("server", "one server prefix, N waiters"),
+        ):
+            name = f"csp.pairs{count}.{kind}"
+            print(
+                f"{f'{count} pairs, {text}':<34}{_cell(figures[name]):>24}"
+                f"   {m(name) / ceiling:.2f} of the ceiling"
+            )
+
+
+def main() -> None:
+    if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):  # type: ignore[operator]
+        os.sched_setaffinity(0, {1})
+    bench_redis()
+
+
+if __name__ == "__main__":
+    main()
