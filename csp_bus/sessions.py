@@ -1,0 +1,162 @@
+"""A small per-connection session store, independent of the channel layer's backend.
+
+``enforce_ordering`` keeps, per reply channel, the ``order`` it expects next. That state
+must be seen by every worker that may get the connection's next message, so it lives
+beside the messages: in this process for ``memory://`` (one store per layer instance,
+shared by every worker of that instance), in Redis for ``redis://``.
+
+:func:`session_store_for` picks the store for a layer:
+
+1. a layer that offers ``session_store()`` provides its own (the Redis layer can keep
+   sessions under its key prefix);
+2. a :class:`~csp_bus.layers.memory.MemoryLayer` gets one :class:`MemorySessionStore`;
+3. any other layer gets a :class:`ChannelSessionStore`, which keeps each session as the
+   one message of a per-session channel: it works on any layer that passes the
+   conformance suite, at the cost of two layer operations per read-and-write.
+
+Values are JSON-compatible dicts (the message rules). Every session expires ``ttl``
+seconds after its last write; nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .layers.base import ChannelLayer
+from .messages import Message, decode, encode
+
+__all__ = [
+    "ChannelSessionStore",
+    "MemorySessionStore",
+    "SessionStore",
+    "session_key",
+    "session_store_for",
+]
+
+#: default lifetime of a session without writes: the layer's group expiry (a day).
+DEFAULT_TTL = 86400.0
+
+
+def session_key(name: str) -> str:
+    """A short, channel-name-safe key for a session named ``name`` (e.g. a reply channel)."""
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()
+
+
+class SessionStore(abc.ABC):
+    """Async key -> dict storage with expiry. All methods are Trio checkpoints."""
+
+    @abc.abstractmethod
+    async def load(self, key: str) -> Message | None:
+        """The stored dict (a fresh copy), or ``None`` if absent or expired."""
+
+    @abc.abstractmethod
+    async def save(self, key: str, value: Message, *, ttl: float = DEFAULT_TTL) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (validated like a message)."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Forget ``key``; an absent key is no error."""
+
+
+class MemorySessionStore(SessionStore):
+    """Sessions in this process's memory, expired lazily and by a periodic sweep."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or trio.current_time
+        self._data: dict[str, tuple[float, bytes]] = {}
+        self._next_sweep = -math.inf
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        for key in [k for k, (expires, _) in self._data.items() if expires <= now]:
+            del self._data[key]
+        self._next_sweep = now + 60.0
+
+    async def load(self, key: str) -> Message | None:
+        await trio.lowlevel.checkpoint()
+        found = self._data.get(key)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            del self._data[key]
+            return None
+        return decode(found[1])
+
+    async def save(self, key: str, value: Message, *, ttl: float = DEFAULT_TTL) -> None:
+        payload = encode(value)
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        self._sweep(now)
+        self._data[key] = (now + ttl, payload)
+
+    async def delete(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class ChannelSessionStore(SessionStore):
+    """Sessions kept on the layer itself: session ``k`` is the single message of channel
+    ``<prefix>.<k>``. Works on any conforming layer (messages survive as long as the
+    layer's ``expiry``, so ``ttl`` is capped by it). Reads take the message and put it
+    back: two workers reading the same session at the same instant may see it absent;
+    ``enforce_ordering`` tolerates that (it holds the message back and retries).
+    """
+
+    def __init__(self, layer: ChannelLayer, *, prefix: str = "csp-bus.session") -> None:
+        self._layer = layer
+        self._prefix = prefix
+
+    def _channel(self, key: str) -> str:
+        return f"{self._prefix}.{key}"
+
+    async def load(self, key: str) -> Message | None:
+        found = await self._layer.receive_nowait(self._channel(key))
+        if found is None:
+            return None
+        value = found[1]
+        await self._layer.send(self._channel(key), value)
+        return value
+
+    async def save(self, key: str, value: Message, *, ttl: float = DEFAULT_TTL) -> None:
+        channel = self._channel(key)
+        while await self._layer.receive_nowait(channel) is not None:
+            pass
+        await self._layer.send(channel, value)
+
+    async def delete(self, key: str) -> None:
+        channel = self._channel(key)
+        while await self._layer.receive_nowait(channel) is not None:
+            pass
+
+
+_memory_stores: weakref.WeakKeyDictionary[ChannelLayer, SessionStore] = weakref.WeakKeyDictionary()
+
+
+def session_store_for(layer: ChannelLayer) -> SessionStore:
+    """The session store every worker on ``layer`` shares (see the module docstring)."""
+    provider: Any = getattr(layer, "session_store", None)
+    if callable(provider):
+        provided = provider()
+        if isinstance(provided, SessionStore):
+            return provided
+    from .layers.memory import MemoryLayer
+
+    store = _memory_stores.get(layer)
+    if store is None:
+        if isinstance(layer, MemoryLayer):
+            store = MemorySessionStore(clock=getattr(layer, "_clock", None))
+        else:
+            store = ChannelSessionStore(layer)
+        _memory_stores[layer] = store
+    return store

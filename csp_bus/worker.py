@@ -1,0 +1,611 @@
+"""The worker: receive -> route -> run the consumer in a bounded pool of threads.
+
+``csp-bus worker APP`` (or :class:`Worker` in your own Trio program, or
+:func:`csp_bus.embedded.run_workers`) receives on the union of the channels its routes
+name and hands each message to its consumer (DESIGN.md section 6):
+
+* **Bounded.** At most ``threads`` consumers run at once. The worker takes a free slot
+  *before* it receives, so it never holds messages it cannot start: with every thread
+  busy it stops receiving, and the messages wait on the layer (where capacity and
+  expiry apply) for this or another worker. Sync consumers run in threads
+  (``trio.to_thread.run_sync``); ``async def`` consumers run on the worker's Trio loop
+  and take a slot too.
+* **Contained.** A consumer's exception is logged with the channel, the route and the
+  traceback; the worker carries on. A message no route matches is logged (once per
+  channel, then at DEBUG) and dropped.
+* **ConsumeLater.** A consumer raising :class:`~csp_bus.consumers.ConsumeLater` gets its
+  message sent back to the same channel after a backoff (1 ms doubling to 100 ms) with
+  ``__retries__`` counted in the message; after ``message_retries`` tries it is logged
+  and dropped. At most ``4 * threads`` requeues wait at once; past that the worker stops
+  receiving until one is sent.
+* **Graceful.** :meth:`Worker.stop` (the CLI calls it on SIGTERM/SIGINT) stops
+  receiving, sends pending requeues at once, and waits up to ``grace_period`` seconds
+  for running consumers; consumers still running then are abandoned (a thread cannot be
+  interrupted) and counted in the log. A second ``stop()`` stops without waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import fnmatch
+import inspect
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import outcome
+import trio
+
+from .consumers import BusContext, ConsumeLater, Message, _context
+from .errors import ChannelFull, LayerClosed, UsageError
+from .layers.base import ChannelLayer
+from .routing import Match, Router, RoutingError, load_routes
+from .sessions import SessionStore, session_store_for
+from .sync import SyncLayer
+
+__all__ = ["DEFAULT_THREADS", "Worker", "WorkerStats", "load_app", "register", "select_channels"]
+
+logger = logging.getLogger("csp_bus.worker")
+
+T = TypeVar("T")
+
+DEFAULT_THREADS = 4
+DEFAULT_RETRIES = 10
+DEFAULT_GRACE = 30.0
+_BACKOFF_FIRST = 0.001
+_BACKOFF_MAX = 0.1
+_RETRIES_KEY = "__retries__"
+
+
+def select_channels(
+    channels: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """``channels`` kept by the ``only`` globs (all if none) minus the ``exclude`` globs."""
+    only, exclude = tuple(only), tuple(exclude)
+    return tuple(
+        sorted(
+            name
+            for name in channels
+            if (not only or any(fnmatch.fnmatchcase(name, glob) for glob in only))
+            and not any(fnmatch.fnmatchcase(name, glob) for glob in exclude)
+        )
+    )
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker run (read them in tests and logs)."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    requeued: int = 0
+    dropped: int = 0
+    unmatched: int = 0
+    running: int = 0
+    abandoned: int = 0
+
+
+class _LaneThread:
+    """One thread that runs one lane's sync consumers, one at a time.
+
+    Why not ``trio.to_thread.run_sync``: measured on the 2-vCPU test machine, a
+    to_thread round trip costs about 100 us and this dedicated thread (a ``SimpleQueue``
+    hand-off there, a ``run_sync_soon`` wake-up back) about 70 us; the hand-off is most
+    of the per-message cost of dispatch. The other saving: while the consumer runs, its
+    lane task waits, so the consumer's blocking layer calls (``Channel.send``, ...) are
+    run *by that task* (:class:`_LaneSync`) instead of a new system task per call, as
+    ``trio.from_thread.run`` with a token does.
+
+    The thread only ever runs user code (the consumer); it starts on first use and is
+    told to end when the worker stops. A consumer still running when the grace period
+    ends is *abandoned*: its lane task is cancelled, the thread finishes on its own (a
+    daemon thread), its result is ignored and its further layer calls raise
+    ``LayerClosed``.
+    """
+
+    __slots__ = ("_inbox", "_index", "_thread", "_token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken, index: int) -> None:
+        self._token = token
+        self._index = index
+        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        inbox = self._inbox
+        while (job := inbox.get()) is not None:
+            _lane_local.job = job
+            try:
+                result = outcome.capture(job.invoke)
+            finally:
+                _lane_local.job = None
+            try:
+                self._token.run_sync_soon(job.report, result)
+            except trio.RunFinishedError:
+                return
+
+    async def run(
+        self, consumer: Callable[..., Any], message: Message, kwargs: dict[str, str]
+    ) -> None:
+        """Run ``consumer(message, **kwargs)`` in this lane's thread; return or raise as
+        it does. Cancellation abandons the consumer (see the class docstring)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name=f"csp-bus-worker-{self._index}", daemon=True
+            )
+            self._thread.start()
+        job = _Job(consumer, message, kwargs, trio.lowlevel.current_task(), self._token)
+        self._inbox.put(job)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            job.abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            item = await trio.lowlevel.wait_task_rescheduled(abort)
+            if item is _DONE:
+                return
+            # The consumer asked for a layer operation: run it here, hand back the outcome.
+            call: _Call = item
+            result = await outcome.acapture(call.function, *call.args)
+            if isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled):
+                job.abandoned = True
+                call.reply.put(outcome.Error(LayerClosed("the worker stopped this consumer")))
+                result.unwrap()
+            call.reply.put(result)
+
+    def close(self) -> None:
+        self._inbox.put(None)
+
+
+_DONE = object()
+_lane_local = threading.local()
+
+
+class _Call:
+    __slots__ = ("args", "function", "reply")
+
+    def __init__(self, function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        self.function = function
+        self.args = args
+        self.reply: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
+
+
+class _Job:
+    __slots__ = ("abandoned", "consumer", "context", "kwargs", "message", "task", "token")
+
+    def __init__(
+        self,
+        consumer: Callable[..., Any],
+        message: Message,
+        kwargs: dict[str, str],
+        task: trio.lowlevel.Task,
+        token: trio.lowlevel.TrioToken,
+    ) -> None:
+        self.consumer = consumer
+        self.message = message
+        self.kwargs = kwargs
+        self.task = task
+        self.token = token
+        self.context = contextvars.copy_context()
+        self.abandoned = False
+
+    def invoke(self) -> Any:
+        """Runs in the lane thread, in the lane task's context (the worker's layer)."""
+        return self.context.run(self.consumer, self.message, **self.kwargs)
+
+    def report(self, result: outcome.Outcome[Any]) -> None:
+        """Runs on the Trio thread: wake the lane task unless it gave up waiting."""
+        if not self.abandoned:
+            if isinstance(result, outcome.Value):
+                result = outcome.Value(_DONE)
+            trio.lowlevel.reschedule(self.task, result)
+
+    def request(self, call: _Call) -> None:
+        """Runs on the Trio thread: hand a layer operation to the waiting lane task."""
+        if self.abandoned:
+            call.reply.put(outcome.Error(LayerClosed("the worker stopped this consumer")))
+        else:
+            trio.lowlevel.reschedule(self.task, outcome.Value(call))
+
+    def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Runs in the lane thread: have the lane task await ``function(*args)``."""
+        request = _Call(function, args)
+        try:
+            self.token.run_sync_soon(self.request, request)
+        except trio.RunFinishedError as exc:
+            raise LayerClosed("the Trio program that owns this layer has finished") from exc
+        return request.reply.get().unwrap()  # type: ignore[no-any-return]
+
+
+class _LaneSync(SyncLayer):
+    """The blocking facade a worker gives its consumers: from a lane thread running a
+    consumer, layer calls go through that lane's task (see :class:`_LaneThread`); from
+    any other thread, through ``trio.from_thread`` as usual."""
+
+    def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        job: _Job | None = getattr(_lane_local, "job", None)
+        if job is None or job.abandoned:
+            return super()._call(function, *args)
+        return job.call(function, *args)
+
+
+class Worker:
+    """Runs ``routes``' consumers for messages on ``layer``.
+
+    ``routes`` is anything :class:`~csp_bus.routing.Router` accepts (a route list, a
+    Router, an import path). Raises :class:`~csp_bus.routing.RoutingError` at once for
+    invalid routes and :class:`~csp_bus.errors.UsageError` when the channel filters
+    leave nothing to listen to.
+    """
+
+    def __init__(
+        self,
+        layer: ChannelLayer,
+        routes: Any,
+        *,
+        threads: int = DEFAULT_THREADS,
+        only_channels: Iterable[str] = (),
+        exclude_channels: Iterable[str] = (),
+        message_retries: int = DEFAULT_RETRIES,
+        grace_period: float = DEFAULT_GRACE,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        if threads < 1:
+            raise UsageError(f"threads must be at least 1 (got {threads})")
+        if message_retries < 0:
+            raise UsageError(f"message_retries must not be negative (got {message_retries})")
+        if grace_period < 0:
+            raise UsageError(f"grace_period must not be negative (got {grace_period})")
+        self.layer = layer
+        self.router = Router.of(routes)
+        self.channels = select_channels(self.router.channels, only_channels, exclude_channels)
+        if not self.channels:
+            raise UsageError(
+                "no channel left to listen to: the routes name "
+                f"{sorted(self.router.channels) or 'no channels'}, and --only-channels/"
+                "--exclude-channels filtered them all out"
+            )
+        self.threads = threads
+        self.message_retries = message_retries
+        self.grace_period = grace_period
+        self.sessions = sessions
+        self.stats = WorkerStats()
+        self._unmatched: set[str] = set()
+        self._is_async: dict[Any, bool] = {}
+        self._stop_requests = 0
+        self._stopping: trio.Event | None = None
+        self._receive_scopes: set[trio.CancelScope] = set()
+        self._handlers_scope: trio.CancelScope | None = None
+
+    # -- control --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop gracefully (call on the Trio thread; a second call stops at once)."""
+        self._stop_requests += 1
+        if self._stopping is None:
+            return  # not running yet: run() will return at once
+        if not self._stopping.is_set():
+            self._stopping.set()
+            for scope in self._receive_scopes:
+                scope.cancel()
+            if self.stats.running:
+                logger.info(
+                    "stopping: waiting up to %s s for %d running consumer(s)",
+                    self.grace_period,
+                    self.stats.running,
+                )
+        if self._handlers_scope is not None:
+            grace = 0.0 if self._stop_requests > 1 else self.grace_period
+            deadline = trio.current_time() + grace
+            self._handlers_scope.deadline = min(self._handlers_scope.deadline, deadline)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive and dispatch until :meth:`stop` (returns after the grace period at
+        most) or cancellation (returns at once, abandoning running threads).
+
+        ``task_status.started(self)`` reports readiness: ``worker = await
+        nursery.start(Worker(layer, routes).run)``.
+        """
+        self._stopping = trio.Event()
+        if self._stop_requests:
+            self._stopping.set()
+        requeues = trio.CapacityLimiter(4 * self.threads)
+        sessions = self.sessions or session_store_for(self.layer)
+        token = trio.lowlevel.current_trio_token()
+        context_token = _context.set(BusContext(_LaneSync(self.layer, token), sessions))
+        lanes = [_LaneThread(token, index) for index in range(self.threads)]
+        try:
+            async with trio.open_nursery() as nursery:
+                self._handlers_scope = nursery.cancel_scope
+                for lane in lanes:
+                    nursery.start_soon(self._lane, lane, nursery, requeues)
+                logger.info(
+                    "worker listening on %s with %d thread(s)",
+                    ", ".join(self.channels),
+                    self.threads,
+                )
+                task_status.started(self)
+        finally:
+            _context.reset(context_token)
+            self._handlers_scope = None
+            for lane in lanes:
+                lane.close()
+        if self.stats.abandoned:
+            logger.warning(
+                "stopped; %d consumer(s) were still running after the grace period and "
+                "were abandoned",
+                self.stats.abandoned,
+            )
+        else:
+            logger.info("stopped")
+
+    async def _lane(
+        self, lane: _LaneThread, nursery: trio.Nursery, requeues: trio.CapacityLimiter
+    ) -> None:
+        """One of ``threads`` lanes: receive a message only when this lane is free, run
+        its consumer (in the lane's thread when sync), repeat."""
+        assert self._stopping is not None
+        stopping = self._stopping
+        channels = self.channels
+        receive = self.layer.receive
+        while not stopping.is_set():
+            with trio.CancelScope() as scope:
+                self._receive_scopes.add(scope)
+                try:
+                    channel, content = await receive(*channels)
+                finally:
+                    self._receive_scopes.discard(scope)
+            if scope.cancelled_caught:
+                return  # stop(): the cancelled receive took nothing
+            self.stats.received += 1
+            await self._handle(lane, nursery, requeues, channel, content)
+
+    def _consumer_is_async(self, consumer: Any) -> bool:
+        found = self._is_async.get(consumer)
+        if found is None:
+            found = self._is_async[consumer] = inspect.iscoroutinefunction(consumer)
+        return found
+
+    async def _handle(
+        self,
+        lane: _LaneThread,
+        nursery: trio.Nursery,
+        requeues: trio.CapacityLimiter,
+        channel: str,
+        content: dict[str, Any],
+    ) -> None:
+        match = self.router.match(channel, content)
+        if match is None:
+            self._log_unmatched(channel, content)
+            return
+        self.stats.running += 1
+        try:
+            message = Message(content, channel)
+            if self._consumer_is_async(match.consumer):
+                await match.consumer(message, **match.kwargs)
+            else:
+                await lane.run(match.consumer, message, match.kwargs)
+            self.stats.handled += 1
+        except ConsumeLater as exc:
+            # A requeue waits its backoff in a task of its own, so the lane is free at
+            # once; taking a requeue place first bounds how many wait (no unbounded
+            # buffer: with every place taken, this lane stops receiving).
+            borrower = object()
+            await requeues.acquire_on_behalf_of(borrower)
+            nursery.start_soon(self._requeue, channel, content, match, exc, requeues, borrower)
+        except trio.Cancelled:
+            self.stats.abandoned += 1
+            raise
+        except Exception:
+            self.stats.failed += 1
+            logger.exception(
+                "consumer failed on channel %r (route %s, reply_channel %r)",
+                channel,
+                match.route,
+                content.get("reply_channel"),
+            )
+        finally:
+            self.stats.running -= 1
+
+    async def _requeue(
+        self,
+        channel: str,
+        content: dict[str, Any],
+        match: Match,
+        reason: ConsumeLater,
+        requeues: trio.CapacityLimiter,
+        borrower: object,
+    ) -> None:
+        try:
+            await self._requeue_after_backoff(channel, content, match, reason)
+        finally:
+            requeues.release_on_behalf_of(borrower)
+
+    async def _requeue_after_backoff(
+        self, channel: str, content: dict[str, Any], match: Match, reason: ConsumeLater
+    ) -> None:
+        retries = content.get(_RETRIES_KEY, 0)
+        if not isinstance(retries, int):
+            retries = 0
+        if retries >= self.message_retries:
+            self.stats.dropped += 1
+            logger.warning(
+                "dropping a message on %r after %d ConsumeLater retries (route %s): %s",
+                channel,
+                retries,
+                match.route,
+                reason,
+            )
+            return
+        content[_RETRIES_KEY] = retries + 1
+        assert self._stopping is not None
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**retries)
+        with trio.move_on_after(delay):
+            await self._stopping.wait()  # stopping: send it back now, not later
+        try:
+            await self.layer.send_wait(channel, content, timeout=max(1.0, self.grace_period))
+        except ChannelFull:
+            self.stats.dropped += 1
+            logger.warning("dropping a ConsumeLater message: %r stayed full", channel)
+            return
+        self.stats.requeued += 1
+
+    def _log_unmatched(self, channel: str, content: dict[str, Any]) -> None:
+        self.stats.unmatched += 1
+        if channel in self._unmatched:
+            logger.debug("no route matches a message on %r; dropped", channel)
+            return
+        self._unmatched.add(channel)
+        logger.warning(
+            "no route matches a message on %r (keys %s; routes on this channel: %s); "
+            "dropping it. Further unmatched messages on %r are logged at DEBUG",
+            channel,
+            sorted(content),
+            "; ".join(self.router.routes_for(channel)) or "none",
+            channel,
+        )
+
+
+# -- loading an app ----------------------------------------------------------------------------
+
+
+def load_app(spec: str) -> Router:
+    """``"module:attribute"`` or a module with ``router``/``routes``/``channel_routing``.
+
+    The current directory is importable (as with ``python -m``). Raises
+    :class:`~csp_bus.routing.RoutingError` with the reason.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        routes = load_routes(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise RoutingError(f"cannot load APP {spec!r}: {exc}") from exc
+    return Router.of(routes)
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def configure_logging(debug: bool) -> None:
+    """Log to stderr at INFO (DEBUG with --debug) unless the program set logging up."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+
+
+async def run_until_signal(
+    start: Callable[..., Any], stop: Callable[[], None], *, name: str
+) -> None:
+    """Run ``start`` (a ``run(task_status=...)`` function) until it returns; on the first
+    SIGTERM/SIGINT call ``stop()``, on the second call it again (stop at once)."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    logger.info("%s: got %s, stopping", name, signal.Signals(signum).name)
+                    stop()
+
+            nursery.start_soon(watch)
+            await start()
+            nursery.cancel_scope.cancel()
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .cli import CommandError
+    from .layers import open_layer
+
+    configure_logging(args.debug)
+    if args.threads < 1:
+        raise CommandError("--threads must be at least 1", 2)
+    router = load_app(args.app)
+    if args.layer.split("://", 1)[0].lower() == "memory":
+        logger.warning(
+            "--layer %s lives inside this process: only messages sent by the APP itself "
+            "reach this worker; use redis:// to receive from other processes",
+            args.layer,
+        )
+
+    async def main() -> None:
+        async with open_layer(args.layer) as layer:
+            worker = Worker(
+                layer,
+                router,
+                threads=args.threads,
+                only_channels=args.only_channels,
+                exclude_channels=args.exclude_channels,
+                message_retries=args.message_retries,
+                grace_period=args.grace_period,
+            )
+            await run_until_signal(worker.run, worker.stop, name="worker")
+
+    trio.run(main)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``csp-bus worker`` to the CLI."""
+    from .cli import _common
+
+    parser = subparsers.add_parser(
+        "worker",
+        help="run consumers for the channels an APP routes",
+        description="Import APP (module:attribute, or a module with router/routes), receive "
+        "on the channels its routes name and run each message's consumer in a pool of "
+        "threads. SIGTERM/SIGINT: stop receiving, let running consumers finish within "
+        "--grace-period, exit 0 (a second signal stops at once).",
+    )
+    parser.add_argument("app", metavar="APP", help="e.g. myproject.routing:routes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"consumers running at once, each sync one in a thread (default {DEFAULT_THREADS})",
+    )
+    parser.add_argument(
+        "--only-channels",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="listen only to the routed channels matching GLOB (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude-channels",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="do not listen to the routed channels matching GLOB (repeatable)",
+    )
+    parser.add_argument(
+        "--message-retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help=f"ConsumeLater requeues before a message is dropped (default {DEFAULT_RETRIES})",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long running consumers may finish (default {DEFAULT_GRACE:g})",
+    )
+    _common(parser)
+    parser.set_defaults(func=_cmd_worker)
