@@ -71,13 +71,26 @@ class Model:
         raise AssertionError(f"receive_nowait returned {item}, not one of the heads {heads}")
 
 
-@settings(
-    max_examples=150,
+_SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@settings(_SETTINGS, max_examples=150)
 @given(ops=operations)
 async def test_operations_match_the_model(layer_url: str, ops: list[tuple[Any, ...]]) -> None:
+    await _check_against_the_model(layer_url, ops)
+
+
+@pytest.mark.soak
+@settings(_SETTINGS, max_examples=5000)
+@given(ops=operations)
+async def test_operations_match_the_model_soak(layer_url: str, ops: list[tuple[Any, ...]]) -> None:
+    await _check_against_the_model(layer_url, ops)
+
+
+async def _check_against_the_model(layer_url: str, ops: list[tuple[Any, ...]]) -> None:
     separator = "&" if "?" in layer_url else "?"
     model = Model()
     next_id = 0
