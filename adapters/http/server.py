@@ -150,8 +150,7 @@ class HTTPFront:
         proto = HTTPServerProtocol(
             max_header_size=config.max_header_size, max_body_size=config.max_body_size
         )
-        dispatcher = self.dispatcher
-        reply = dispatcher.open_channel() if dispatcher is not None else None
+        reply: ReplyChannel | None = None
         try:
             first = True
             while True:
@@ -162,6 +161,8 @@ class HTTPFront:
                 if head.upgrade is not None and head.upgrade in self.upgrade_handlers:
                     await self._upgrade(stream, conn, proto, head)
                     return
+                if reply is None and self.dispatcher is not None:
+                    reply = self.dispatcher.open_channel()  # one per connection, made lazily
                 if not await self._serve_request(stream, conn, proto, head, reply):
                     await _linger_close(stream, proto)
                     return
@@ -528,7 +529,11 @@ class HTTPFront:
             return False
         if head.method != "HEAD":
             state.sent += len(content)
-        await stream.send_all(data)
+        # A client that stops reading must not hold the connection for ever.
+        with trio.move_on_after(self.config.body_timeout) as sending:
+            await stream.send_all(data)
+        if sending.cancelled_caught:
+            raise trio.BrokenResourceError("the client stopped reading the response")
         return True
 
     async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
@@ -563,8 +568,9 @@ class HTTPFront:
             status, headers, body = not_served_response(self.runtime, head)
         data = proto.start_response(status, headers, body, close=self.runtime.stopping.is_set())
         try:
-            await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.fail_after(self.config.body_timeout):
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             return False
         self._log(conn, head, status, len(body) if head.method != "HEAD" else 0)
         return complete and proto.keep_alive

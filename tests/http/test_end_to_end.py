@@ -449,3 +449,21 @@ async def test_welcome_page_without_an_app(serve, nursery) -> None:
     assert response.status_code == 200
     assert "csp-bus serve --adapter http --app" in response.text
     nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_stops_reading_is_cut_off(serve, nursery) -> None:
+    async def firehose(layer: Any, message: dict[str, Any]) -> None:
+        reply = message["reply_channel"]
+        chunk = b"x" * 512 * 1024
+        await layer.send(reply, {"status": 200, "content": chunk, "more_content": True})
+        for _ in range(30):
+            await layer.send_wait(reply, {"content": chunk, "more_content": True}, timeout=5)
+
+    served = await serve(nursery, firehose, http=HTTPConfig(body_timeout=0.3))
+    stream = await trio.open_tcp_stream(served.host, served.port)
+    async with stream:
+        await stream.send_all(b"GET /firehose HTTP/1.1\r\nHost: h\r\n\r\n")
+        with trio.fail_after(5):  # never reading: the server gives up and says so
+            _, message = await served.layer.receive("http.disconnect")
+        assert message["path"] == "/firehose"
+    nursery.cancel_scope.cancel()
