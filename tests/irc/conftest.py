@@ -212,6 +212,15 @@ class Human:
         await human.expect(lambda words: len(words) > 1 and words[1] == b"001")
         return human
 
+    async def join(self, channel: str) -> None:
+        """JOIN and wait until the server confirms it (end of NAMES): a JOIN is processed
+        later than it is sent (ngircd delays busy clients), and the tests must not race
+        the bot into the channel."""
+        await self.send(f"JOIN {channel}")
+        await self.expect(
+            lambda w: len(w) > 3 and w[1] == b"366" and w[3].lower() == channel.lower().encode()
+        )
+
     async def send(self, *lines: str) -> None:
         for line in lines:
             await self.stream.send_all(line.encode() + b"\r\n")

@@ -151,7 +151,7 @@ async def test_csp_bus_serve_runs_a_bot(irc_server: Any, humans: Any, tmp_path: 
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     env.pop("CSP_BUS_LAYER", None)
     alice = await humans("alice")
-    await alice.send("JOIN #test")
+    await alice.join("#test")
     process = await trio.lowlevel.open_process(
         [
             sys.executable, "-m", "csp_bus", "serve", "--adapter", "irc",

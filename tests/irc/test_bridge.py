@@ -28,7 +28,7 @@ async def test_bridge_carries_both_ways(irc_server: Any, humans: Any) -> None:
     worker_module = pytest.importorskip("csp_bus.worker", reason="the bridge runs in a Worker")
     bridge = load_bridge()
     alice = await humans("alice")
-    await alice.send(f"JOIN {bridge.IRC_CHANNEL}")
+    await alice.join(bridge.IRC_CHANNEL)
     config = IrcConfig(
         servers=(
             IrcServerConfig(
@@ -104,7 +104,7 @@ async def test_the_whole_bus_browser_to_irc_and_back(irc_server: Any, humans: An
     from websockets.sync.client import connect as ws_connect
 
     alice = await humans("alice")
-    await alice.send("JOIN #csp-bus")
+    await alice.join("#csp-bus")
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(root))
     env.pop("CSP_BUS_LAYER", None)

@@ -159,7 +159,7 @@ def joined_by(nick: str, channel: str = "#test") -> Callable[[list[bytes]], bool
 async def test_bot_joins_answers_and_quits(irc_server: Any, humans: Any) -> None:
     async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
         alice = await humans("alice")
-        await alice.send("JOIN #test")
+        await alice.join("#test")
         recorder, state, scope = await start_bot(nursery, layer, make_config(irc_server))
         connect = await recorder.wait("irc-client.connect")
         assert connect["server"] == [irc_server.host, irc_server.port]
@@ -201,7 +201,7 @@ async def test_bot_joins_answers_and_quits(irc_server: Any, humans: Any) -> None
 async def test_long_reply_is_split_on_the_wire(irc_server: Any, humans: Any) -> None:
     async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
         alice = await humans("alice")
-        await alice.send("JOIN #test")
+        await alice.join("#test")
         await start_bot(nursery, layer, make_config(irc_server))
         await alice.expect(joined_by("bot"))
         await alice.send("PRIVMSG #test :!long")
@@ -218,7 +218,7 @@ async def test_long_reply_is_split_on_the_wire(irc_server: Any, humans: Any) -> 
 async def test_nick_collision(irc_server: Any, humans: Any) -> None:
     async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
         squatter = await humans("bot")  # the bot's nick is taken
-        await squatter.send("JOIN #test")
+        await squatter.join("#test")
         recorder, state, _ = await start_bot(
             nursery, layer, make_config(irc_server, alt_nicks=("bot2",))
         )
@@ -294,7 +294,7 @@ async def test_no_crlf_from_content_ever_reaches_the_wire(
 
         Proxied.port = port  # type: ignore[attr-defined]
         alice = await humans("alice")
-        await alice.send("JOIN #test")
+        await alice.join("#test")
         _, state, _ = await start_bot(nursery, layer, make_config(Proxied))
         await alice.expect(joined_by("bot"))
         await alice.send("PRIVMSG #test :!inject")
@@ -346,7 +346,7 @@ async def test_other_users_traffic(irc_server: Any, humans: Any) -> None:
         recorder, _, _ = await start_bot(nursery, layer, make_config(irc_server))
         await recorder.wait("irc-client.join")
         carol = await humans("carol")
-        await carol.send("JOIN #test")
+        await carol.join("#test")
         # an old latin-1 client: not UTF-8, decoded as latin-1 rather than lost
         await carol.stream.send_all(b"PRIVMSG #test :caf\xe9 cr\xe8me\r\n")
         await carol.send("NICK carola", "PART #test :bye", "QUIT :gone")
@@ -491,7 +491,7 @@ async def test_full_receive_channel_drops_events_and_never_stalls(
     caplog.set_level(logging.WARNING, logger="csp_bus.adapters.irc")
     async with open_layer("memory://?capacity=3") as layer, trio.open_nursery() as nursery:
         alice = await humans("alice")
-        await alice.send("JOIN #test")
+        await alice.join("#test")
         states = await nursery.start(run_irc, layer, make_config(irc_server))
         state = states[0]
         await alice.expect(joined_by("bot"))
