@@ -202,6 +202,7 @@ class IrcConnectionState:
     nick: str | None = None
     registered: bool = False
     connects: int = 0
+    connect_failures: int = 0
     lag: float | None = None
     channels: tuple[str, ...] = ()
     dropped_events: int = 0
@@ -249,6 +250,8 @@ class _Connection:
                 stream = await self._open()
             except (OSError, trio.TooSlowError, ssl.SSLError, trio.BrokenResourceError) as exc:
                 logger.warning("IRC %s: cannot connect: %s", self.server.address, _describe(exc))
+                self.state.connect_failures += 1
+                self.state._touch()
             else:
                 registered = await self._session(stream)
             if registered:

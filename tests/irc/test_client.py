@@ -255,7 +255,9 @@ async def test_unreachable_server_is_retried_with_backoff(irc_server: Any) -> No
     irc_server.stop()
     async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
         recorder, state, _ = await start_bot(nursery, layer, make_config(irc_server))
-        await trio.sleep(0.3)  # a few refused attempts
+        with trio.fail_after(10):
+            while state.connect_failures < 3:  # a few refused attempts
+                await state.changed.wait()
         assert state.connects == 0
         await trio.to_thread.run_sync(irc_server.start)
         await recorder.wait("irc-client.connect")
@@ -394,7 +396,9 @@ async def test_tls_refuses_an_unknown_certificate(
         config = make_config(server)
         untrusted = replace(config.servers[0], tls=True)  # the system CAs: not ours
         _, state, _ = await start_bot(nursery, layer, replace(config, servers=(untrusted,)))
-        await trio.sleep(0.5)
+        with trio.fail_after(10):
+            while state.connect_failures < 2:
+                await state.changed.wait()
         assert state.connects == 0
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
         nursery.cancel_scope.cancel()
