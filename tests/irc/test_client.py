@@ -512,3 +512,30 @@ async def test_full_receive_channel_drops_events_and_never_stalls(
         _, first = await layer.receive("irc-client.receive")
         assert first["body"] == "message 0"  # the oldest kept, FIFO
         nursery.cancel_scope.cancel()
+
+
+async def test_several_connections_each_with_its_reply_channel(
+    irc_server: Any, humans: Any
+) -> None:
+    """Two configured connections (here to the same server, as two nicks): each has its
+    own reply_channel, and a control message goes out on its own connection only."""
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        alice = await humans("alice")
+        await alice.join("#test")
+        first = IrcServerConfig(
+            host=irc_server.host, port=irc_server.port, nick="one", channels=("#test",)
+        )
+        second = replace(first, nick="two")
+        config = replace(make_config(irc_server), servers=(first, second))
+        recorder, _, _ = await start_bot(nursery, layer, config)
+        connects = [await recorder.wait("irc-client.connect", count=n) for n in (1, 2)]
+        channels = {c["nickname"]: c["reply_channel"] for c in connects}
+        assert set(channels) == {"one", "two"}
+        assert channels["one"] != channels["two"]
+        await recorder.wait("irc-client.join", count=2)
+        for nick in ("one", "two"):
+            await layer.send(
+                channels[nick], {"type": "message", "channel": "#test", "body": f"I am {nick}"}
+            )
+            assert await alice.expect_privmsg(nick) == f"I am {nick}"
+        nursery.cancel_scope.cancel()
