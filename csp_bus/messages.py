@@ -21,6 +21,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "Message",
     "decode",
+    "decode_trusted",
     "encode",
     "encode_unchecked",
     "new_channel_name",
@@ -275,13 +276,34 @@ def encode(message: Message, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     return payload
 
 
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise InvalidMessage("message", f"msgpack extension type {code} is not allowed")
+
+
 def decode(payload: bytes) -> Message:
-    """Deserialize a payload made by :func:`encode` (or by any msgpack writer that
-    follows ``docs/redis-protocol.md``). Always returns a fresh object."""
-    message = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+    """Deserialize and check a payload from any msgpack writer (another language's
+    service, ``redis-cli``): it becomes a valid message or raises ``InvalidMessage``.
+    Always returns a fresh object."""
+    try:
+        message = msgpack.unpackb(
+            payload, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext
+        )
+    except InvalidMessage:
+        raise
+    except (ValueError, TypeError) as exc:  # msgpack's ExtraData, FormatError, StackError...
+        raise InvalidMessage("payload", f"is not a msgpack message: {exc}") from exc
     if type(message) is not dict:
         raise InvalidMessage("message", f"decoded to {_type_name(message)}, not a dict")
+    for key, value in message.items():
+        if type(key) is not str or type(value) not in _FLAT:
+            _walk(message, "message", 0)
+            break
     return message
+
+
+def decode_trusted(payload: bytes) -> Message:
+    """Deserialize a payload :func:`encode` made in this process: no checks needed."""
+    return msgpack.unpackb(payload, raw=False, use_list=True)  # type: ignore[no-any-return]
 
 
 def encode_unchecked(message: Mapping[str, Any]) -> bytes:

@@ -31,7 +31,7 @@ import trio
 from ..errors import ChannelFull, InvalidLayerURL, LayerClosed
 from ..messages import (
     Message,
-    decode,
+    decode_trusted,
     encode,
     new_channel_name,
     queue_key,
@@ -49,7 +49,11 @@ __all__ = ["MemoryLayer"]
 # contract in base.py), like Go's buffered channel operations, which do not yield.
 _YIELD_EVERY = 32
 
-_Item = tuple[float, str, bytes]  # (expires_at, full channel name, payload)
+# (expires_at, target, payload). The target is a full channel name, or -- for one
+# send_group reaching several channels of one process -- a list of them (in reverse
+# order, popped from the end), queued and capped as ONE message on the prefix, as
+# channels_redis does: a room of 500 on one server is one message, not 500.
+_Item = tuple[float, "str | list[str]", bytes]
 
 
 class _Queue(deque[_Item]):
@@ -152,17 +156,22 @@ class MemoryLayer(ChannelLayer):
             capacity = self._capacities[key] = self.options.capacity_for(key)
         return capacity
 
-    def _deliver(self, key: str, channel: str, payload: bytes, now: float) -> bool:
-        """Hand ``payload`` to a waiting receiver or enqueue it; False when full."""
+    def _waiter_for(self, key: str) -> _Waiter | None:
+        """The receiver waiting longest on ``key`` (narrow ones first), if any."""
         waiters = self._waiters.get(key)
-        waiter = next(iter(waiters)) if waiters else None
-        if waiter is None and self._broad:
-            waiter = next((w for w in self._broad if key in w.keyset), None)
-        if waiter is not None:
-            self._unregister(waiter)
-            self._received += 1
-            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, payload)))
-            return True
+        if waiters:
+            return next(iter(waiters))
+        if self._broad:
+            return next((w for w in self._broad if key in w.keyset), None)
+        return None
+
+    def _handoff(self, waiter: _Waiter, channel: str, payload: bytes) -> None:
+        self._unregister(waiter)
+        self._received += 1
+        trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, payload)))
+
+    def _enqueue(self, key: str, target: str | list[str], payload: bytes, now: float) -> bool:
+        """Queue one item on ``key``; False when the queue is at capacity."""
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
@@ -174,8 +183,33 @@ class MemoryLayer(ChannelLayer):
                 return False
             if key not in self._queues:  # purging emptied and removed it
                 self._queues[key] = queue
-        queue.append((now + self._expiry, channel, payload))
+        queue.append((now + self._expiry, target, payload))
         return True
+
+    def _deliver(self, key: str, channel: str, payload: bytes, now: float) -> bool:
+        """Hand ``payload`` to a waiting receiver or enqueue it; False when full.
+
+        A waiter exists only while all its queues are empty, so handing over directly
+        keeps FIFO order."""
+        waiter = self._waiter_for(key)
+        if waiter is not None:
+            self._handoff(waiter, channel, payload)
+            return True
+        return self._enqueue(key, channel, payload, now)
+
+    def _deliver_many(self, key: str, channels: list[str], payload: bytes, now: float) -> int:
+        """Deliver one payload to several channels sharing a queue key (members of one
+        process); return how many got it. Waiting receivers take theirs directly; the
+        rest share ONE queued item, capped as one message."""
+        handed = 0
+        while handed < len(channels) and (waiter := self._waiter_for(key)) is not None:
+            self._handoff(waiter, channels[handed], payload)
+            handed += 1
+        rest = channels[handed:]
+        if not rest:
+            return handed
+        target: str | list[str] = rest[0] if len(rest) == 1 else rest[::-1]
+        return handed + (len(rest) if self._enqueue(key, target, payload, now) else 0)
 
     async def send(self, channel: str, message: Message) -> None:
         key = validate_send_name(channel)
@@ -199,7 +233,14 @@ class MemoryLayer(ChannelLayer):
         event = self._room.get(key)
         if event is None:
             event = self._room[key] = trio.Event()
-        with trio.move_on_at(deadline):
+        wake_at = deadline
+        queue = self._queues.get(key)
+        if queue:
+            # A receive sets the event; expiry frees a slot too, silently, when the
+            # oldest message's time is up: wake then at the latest.
+            expires_in = max(0.0, queue[0][0] - self._clock())
+            wake_at = min(deadline, trio.current_time() + expires_in)
+        with trio.move_on_at(wake_at):
             await event.wait()
 
     # -- receiving ---------------------------------------------------------------------
@@ -247,13 +288,19 @@ class MemoryLayer(ChannelLayer):
         while (key := self._pick(keys, keyset)) is not None:
             queue = self._queues[key]
             while queue:
-                expires, channel, payload = queue.popleft()
+                expires, target, payload = queue.popleft()
                 if expires > now:
                     break
-                self._on_expired(channel)
+                self._on_expired(target)
             else:
                 del self._queues[key]
                 continue
+            if type(target) is list:
+                channel = target.pop()
+                if target:  # more channels of this process await the same message
+                    queue.appendleft((expires, target, payload))
+            else:
+                channel = target  # type: ignore[assignment]
             self._served += 1
             queue.served = self._served
             del self._queues[key]
@@ -288,7 +335,7 @@ class MemoryLayer(ChannelLayer):
         found = self._take(keys, keyset)
         if found is None:
             found = await self._wait(keys, keyset)
-        return found[0], decode(found[1])
+        return found[0], decode_trusted(found[1])
 
     async def _wait(self, keys: tuple[str, ...], keyset: frozenset[str]) -> tuple[str, bytes]:
         """Sleep until a sender hands this task a message (see ``_deliver``)."""
@@ -317,7 +364,7 @@ class MemoryLayer(ChannelLayer):
         keys, keyset = self._selector(channels)
         await self._checkpoint()
         found = self._take(keys, keyset)
-        return None if found is None else (found[0], decode(found[1]))
+        return None if found is None else (found[0], decode_trusted(found[1]))
 
     async def new_channel(self, pattern: str) -> str:
         await self._checkpoint()
@@ -325,7 +372,12 @@ class MemoryLayer(ChannelLayer):
 
     # -- expiry ------------------------------------------------------------------------
 
-    def _on_expired(self, channel: str) -> None:
+    def _on_expired(self, target: str | list[str]) -> None:
+        if isinstance(target, list):
+            for name in target:
+                self._on_expired(name)
+            return
+        channel = target
         self._expired += 1
         # A process-local channel whose message expired unread has a dead reader: it
         # leaves every group, so it stops costing every send_group (DESIGN.md 3).
@@ -378,7 +430,7 @@ class MemoryLayer(ChannelLayer):
 
     async def send_group(self, group: str, message: Message) -> None:
         validate_group_name(group)
-        payload = encode(message, self.options.max_message_size)
+        payload = encode(message, self._max_size)
         await self._checkpoint()
         members = self._groups.get(group)
         if not members:
@@ -386,22 +438,22 @@ class MemoryLayer(ChannelLayer):
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
+        by_key: dict[str, list[str]] = {}
         for channel, expires in list(members.items()):
             if expires <= now:
                 self._leave(group, channel)
-                continue
-            key = queue_key(channel)
+            else:
+                by_key.setdefault(queue_key(channel), []).append(channel)
+        for key, channels in by_key.items():
             queue = self._queues.get(key)
             if queue and queue[0][0] <= now:
                 # An expired message at the head may mean a dead reader: purging it
-                # removes a process-local member from its groups before we deliver.
+                # removes process-local members from their groups before we deliver.
                 self._purge_expired(key, queue, now)
-                if channel not in members:
-                    continue
-            if self._deliver(key, channel, payload, now):
-                self._sent += 1
-            else:
-                self._dropped += 1
+                channels = [channel for channel in channels if channel in members]
+            delivered = self._deliver_many(key, channels, payload, now)
+            self._sent += delivered
+            self._dropped += len(channels) - delivered
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -433,7 +485,7 @@ class MemoryLayer(ChannelLayer):
         self._memberships.clear()
 
     async def stats(self, channel: str | None = None) -> dict[str, Any]:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint()
         now = self._clock()
         if channel is not None:
             if "!" in channel and channel.endswith("!"):
@@ -481,4 +533,4 @@ class _MemoryListener(Listener):
         found = layer._take(self._keys, self._keyset)
         if found is None:
             found = await layer._wait(self._keys, self._keyset)
-        return found[0], decode(found[1])
+        return found[0], decode_trusted(found[1])

@@ -112,20 +112,9 @@ async def test_process_local_member_that_reads_stays(make_layer: Any) -> None:
     assert (await layer.stats())["groups"] == {"room": 1}
 
 
-async def test_send_wait_gets_the_room_an_expired_message_frees(
-    make_layer: Any, layer_kind: str, known_bug: Any
-) -> None:
+async def test_send_wait_gets_the_room_an_expired_message_frees(make_layer: Any) -> None:
     """A full channel whose messages expire has room again: a waiting send goes through
     then, not at its own timeout (nor never, without one)."""
-    known_bug(
-        layer_kind,
-        "memory",
-        "csp_bus/layers/memory.py:197 MemoryLayer._wait_for_room waits for a room event "
-        "that only _take() (a receive) and flush() set; a message that expires (purged "
-        "lazily by _purge_expired, line 340) frees room without setting it, so "
-        "send_wait(timeout=None) on a full channel nobody reads waits for ever although a "
-        "plain send() would succeed. Repro: expiry=0.5, capacity=1; send; send_wait",
-    )
     layer = await make_layer(expiry=EXPIRY, capacity=1)
     await layer.send("lapsed", {"n": 1})
     start = trio.current_time()

@@ -105,12 +105,29 @@ async def test_process_local_members(layer: ChannelLayer) -> None:
     assert await _drain(layer, "other!") == [("other!conn1", {"text": "hi"})]
 
 
-async def test_process_local_members_share_the_prefix_capacity(make_layer: Any) -> None:
+async def test_one_send_group_is_one_message_on_a_process_prefix(make_layer: Any) -> None:
+    """Members of one process share their prefix's queue; one send_group reaching
+    several of them is queued and capped as ONE message (as channels_redis does), so a
+    room larger than the capacity on one server still hears every broadcast."""
     layer = await make_layer(capacity=2)
+    for n in range(5):
+        await layer.group_add("room", f"srv!conn{n}")
+    await layer.send_group("room", {"n": 1})
+    got = await _drain(layer, "srv!")
+    assert sorted(channel for channel, _ in got) == [f"srv!conn{n}" for n in range(5)]
+    assert all(message == {"n": 1} for _, message in got)
+
+
+async def test_send_group_skips_every_member_of_a_full_process_prefix(make_layer: Any) -> None:
+    layer = await make_layer(capacity=2)
+    await layer.send("srv!busy", {"n": 1})
+    await layer.send("srv!busy", {"n": 2})
     for n in range(3):
         await layer.group_add("room", f"srv!conn{n}")
-    await layer.send_group("room", {})
-    assert len(await _drain(layer, "srv!")) == 2  # the third was skipped, no error
+    await layer.group_add("room", "other!conn")
+    await layer.send_group("room", {"text": "hi"})  # no error
+    assert [channel for channel, _ in await _drain(layer, "srv!")] == ["srv!busy"] * 2
+    assert await _drain(layer, "other!") == [("other!conn", {"text": "hi"})]
 
 
 async def test_send_group_wakes_a_waiting_receiver(layer: ChannelLayer) -> None:

@@ -78,16 +78,8 @@ CLOSED_OPERATIONS: dict[str, Callable[[ChannelLayer], Awaitable[Any]]] = {
 
 @pytest.mark.parametrize("operation", CLOSED_OPERATIONS)
 async def test_every_operation_raises_layer_closed_after_close(
-    make_layer: Any, operation: str, layer_kind: str, known_bug: Any
+    make_layer: Any, operation: str
 ) -> None:
-    if operation == "stats":
-        known_bug(
-            layer_kind,
-            "memory",
-            "csp_bus/layers/memory.py:435 MemoryLayer.stats() never checks self._closed, so "
-            "after aclose() it answers (all zeros) instead of raising LayerClosed as base.py "
-            "promises for every operation (DESIGN.md lists stats() among the operations)",
-        )
     layer = await make_layer()
     await layer.send("a", {"left": "behind"})
     await layer.aclose()

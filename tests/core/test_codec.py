@@ -226,16 +226,7 @@ def test_nesting_deeper_than_msgpack_allows_is_refused_with_a_path() -> None:
 
 # -- decode of foreign payloads ----------------------------------------------------------------
 
-DECODE_BUG = (
-    "BUG(messages.py): csp_bus/messages.py decode() lets msgpack's own errors out "
-    "(ExtraData/FormatError/ValueError, untranslated) and accepts payloads that are not "
-    "messages: bytes map keys ({b'k': 1}) and ExtType values come back as they are. "
-    "A payload from another writer (docs promise other-language services) must decode to a "
-    "valid message or raise InvalidMessage"
-)
 
-
-@pytest.mark.xfail(reason=DECODE_BUG)
 @given(st.binary())
 def test_decode_of_any_bytes_is_a_message_or_invalid_message(payload: bytes) -> None:
     try:
@@ -245,7 +236,6 @@ def test_decode_of_any_bytes_is_a_message_or_invalid_message(payload: bytes) -> 
     validate_message(message)
 
 
-@pytest.mark.xfail(reason=DECODE_BUG)
 @pytest.mark.parametrize(
     "payload",
     [
