@@ -103,14 +103,14 @@ def enforce_ordering(consumer: F) -> F:
             if not _verdict(message, order, await store.load(key)):
                 return None
             try:
-                return await consumer(message, **kwargs)
+                result = await consumer(message, **kwargs)
             except ConsumeLater:
                 raise
             except Exception:
                 await _advance(store, key, message, order)
                 raise
-            else:
-                await _advance(store, key, message, order)
+            await _advance(store, key, message, order)
+            return result
 
         return async_wrapper  # type: ignore[return-value]
 
