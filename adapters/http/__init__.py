@@ -19,6 +19,7 @@ from csp_bus.server.config import ServerConfig
 from csp_bus.server.runtime import ServerRuntime
 
 from .server import HTTPConfig, HTTPFront, UpgradeHandler, UpgradeRequest, front
+from .static import parse_mount
 
 __all__ = [
     "HTTPAdapter",
@@ -82,6 +83,14 @@ class HTTPAdapter(Adapter):
             metavar="PATH_REGEX",
             help="paths matching this regex (re.search) have no response timeout: "
             "long-poll and streaming endpoints (repeatable)",
+        )
+        group.add_argument(
+            "--static",
+            action="append",
+            default=[],
+            metavar="PREFIX=DIR",
+            help="serve files under URL PREFIX from DIR directly (GET/HEAD, ETag), e.g. "
+            "/static/=./static (repeatable; for development and small assets)",
         )
         group.add_argument(
             "--max-body-size",
@@ -149,6 +158,7 @@ class HTTPAdapter(Adapter):
                 response_timeout=args.response_timeout,
                 long_poll_paths=tuple(args.long_poll),
                 serve_requests="http" in selected,
+                static=tuple(parse_mount(item) for item in args.static),
                 welcome_page=welcome,
             )
         except (ValueError, TypeError) as exc:  # re.error is a ValueError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .protocol import (
     RequestHead,
     request_message,
 )
+from .static import BLOCK, StaticMount, find_static, not_modified, open_static
 
 __all__ = ["HTTPConfig", "HTTPFront", "UpgradeHandler", "UpgradeRequest", "front"]
 
@@ -69,6 +71,8 @@ class HTTPConfig:
     serve_requests: bool = True
     #: answer every request with the built-in welcome page (no app configured)
     welcome_page: bool = False
+    #: URL prefixes served from directories by the server itself (``--static``)
+    static: tuple[StaticMount, ...] = ()
     _long_poll: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -299,6 +303,10 @@ class HTTPFront:
         reply: ReplyChannel | None,
     ) -> bool:
         """Serve one request; True when the connection may carry another."""
+        if self.config.static:
+            mount = find_static(self.config.static, head.path)
+            if mount is not None:
+                return await self._serve_static(stream, conn, proto, head, mount)
         if self.config.welcome_page or not self.config.serve_requests or reply is None:
             return await self._serve_locally(stream, conn, proto, head)
         config = self.config
@@ -529,11 +537,7 @@ class HTTPFront:
             return False
         if head.method != "HEAD":
             state.sent += len(content)
-        # A client that stops reading must not hold the connection for ever.
-        with trio.move_on_after(self.config.body_timeout) as sending:
-            await stream.send_all(data)
-        if sending.cancelled_caught:
-            raise trio.BrokenResourceError("the client stopped reading the response")
+        await self._send(stream, data)  # a client that stops reading is cut off
         return True
 
     async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
@@ -546,6 +550,102 @@ class HTTPFront:
 
     # -- served without the bus ----------------------------------------------------------
 
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
+        """``send_all`` bounded by ``body_timeout``: a client that stops reading is cut."""
+        with trio.move_on_after(self.config.body_timeout) as sending:
+            await stream.send_all(data)
+        if sending.cancelled_caught:
+            raise trio.BrokenResourceError("the client stopped reading the response")
+
+    async def _discard_body(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+    ) -> bool:
+        """Read and drop a request body nobody wants; False when the connection is done
+        (an error was answered or the client left)."""
+        try:
+            while not await self._read_body(stream, proto, bytearray(), _READ_SIZE):
+                pass
+        except HTTPProtocolError as exc:
+            await self._send_error(stream, proto, exc.status, conn, head)
+            return False
+        except (_ClientGone, trio.TooSlowError):
+            return False
+        return True
+
+    async def _serve_static(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        mount: StaticMount,
+    ) -> bool:
+        if not await self._discard_body(stream, conn, proto, head):
+            return False
+        close = self.runtime.stopping.is_set()
+        text = [(b"content-type", b"text/plain; charset=utf-8")]
+        if head.method not in ("GET", "HEAD"):
+            status, data = (
+                405,
+                proto.start_response(
+                    405, [*text, (b"allow", b"GET, HEAD")], b"Method Not Allowed\n", close=close
+                ),
+            )
+            size = 19
+        else:
+            found = open_static(mount, head.path)
+            if found is None:
+                status, data = 404, proto.start_response(404, text, b"Not Found\n", close=close)
+                size = 10
+            else:
+                try:
+                    return await self._send_file(stream, conn, proto, head, found, close)
+                finally:
+                    os.close(found.fd)
+        try:
+            await self._send(stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self._log(conn, head, status, size if head.method != "HEAD" else 0)
+        return proto.keep_alive
+
+    async def _send_file(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        found: Any,
+        close: bool,
+    ) -> bool:
+        try:
+            if not_modified(found, head.headers):
+                headers = [h for h in found.headers if h[0] in (b"etag", b"last-modified")]
+                await self._send(stream, proto.start_response(304, headers, close=close))
+                self._log(conn, head, 304, 0)
+                return proto.keep_alive
+            await self._send(
+                stream, proto.start_response(200, found.headers, b"", True, close=close)
+            )
+            sent = 0
+            while head.method != "HEAD" and sent < found.size:
+                block = os.read(found.fd, min(BLOCK, found.size - sent))
+                if not block:
+                    break  # the file shrank: the connection cannot be reused
+                sent += len(block)
+                await self._send(stream, proto.send_body(block, True))
+            if head.method != "HEAD" and sent != found.size:
+                return False
+            await self._send(stream, proto.send_body(b"", False))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+        self._log(conn, head, 200, sent)
+        return proto.keep_alive
+
     async def _serve_locally(
         self,
         stream: trio.abc.Stream,
@@ -555,12 +655,7 @@ class HTTPFront:
     ) -> bool:
         from .welcome import not_served_response, welcome_response
 
-        try:
-            complete = await self._read_body(stream, proto, bytearray(), 1 << 62)
-        except HTTPProtocolError as exc:
-            await self._send_error(stream, proto, exc.status, conn, head)
-            return False
-        except (_ClientGone, trio.TooSlowError):
+        if not await self._discard_body(stream, conn, proto, head):
             return False
         if self.config.welcome_page:
             status, headers, body = welcome_response(self.runtime, head)
@@ -568,12 +663,11 @@ class HTTPFront:
             status, headers, body = not_served_response(self.runtime, head)
         data = proto.start_response(status, headers, body, close=self.runtime.stopping.is_set())
         try:
-            with trio.fail_after(self.config.body_timeout):
-                await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            await self._send(stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         self._log(conn, head, status, len(body) if head.method != "HEAD" else 0)
-        return complete and proto.keep_alive
+        return proto.keep_alive
 
 
 async def _linger_close(stream: trio.abc.Stream, proto: HTTPServerProtocol) -> None:
