@@ -125,16 +125,7 @@ async def test_close_wakes_waiting_receivers(make_layer: Any) -> None:
     assert outcomes == ["closed"] * 4
 
 
-async def test_close_wakes_a_receiver_of_local_and_plain_channels(
-    make_layer: Any, layer_kind: str, known_bug: Any
-) -> None:
-    known_bug(
-        layer_kind,
-        "redis",
-        "csp_bus/layers/redis/layer.py _race(): run_local/run_node catch LayerError only; "
-        "LayerClosed is a UsageError, so a receive('p!', 'two') woken by aclose() raises "
-        "ExceptionGroup[LayerClosed] out of the race nursery instead of LayerClosed",
-    )
+async def test_close_wakes_a_receiver_of_local_and_plain_channels(make_layer: Any) -> None:
     layer = await make_layer()
     outcomes: list[str] = []
 
