@@ -177,3 +177,46 @@ async def test_sentinel_failover_is_followed(redis_servers: Any, tmp_path: Path)
     finally:
         sentinel.kill()
         sentinel.wait(10)
+
+
+async def test_sentinel_manual_failover_switches_at_once(
+    redis_servers: Any, tmp_path: Path
+) -> None:
+    """SENTINEL FAILOVER with the old master still up: the layer hears +switch-master
+    and moves to the new master without waiting for the old one to be demoted."""
+    master = redis_servers.start()
+    replica = redis_servers.start("--replicaof", "127.0.0.1", str(master.port))
+    sentinel, sentinel_port = start_sentinel(tmp_path, master.port)
+    try:
+        await wait_until(
+            lambda: "slave" in sentinel_cli(sentinel_port, "SENTINEL", "REPLICAS", "mymaster"), 15
+        )
+        url = f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0?prefix=manual"
+        async with open_layer(url) as layer:
+            await layer.send("warm", {})
+            await wait_until(
+                lambda: sentinel_cli(sentinel_port, "SENTINEL", "FAILOVER", "mymaster") == "OK",
+                15,
+            )
+            await wait_until(
+                lambda: (
+                    str(replica.port)
+                    in sentinel_cli(
+                        sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"
+                    )
+                ),
+                15,
+            )
+            await trio.sleep(0.2)  # the announcement reaches the layer's subscription
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await layer.send("after", {"n": 2})
+                        break
+                    except LayerUnavailable:
+                        await trio.sleep(0.1)
+            assert replica.cli("LLEN", "manual:q:after").strip() == b"1"
+            assert await layer.receive("after") == ("after", {"n": 2})
+    finally:
+        sentinel.kill()
+        sentinel.wait(10)

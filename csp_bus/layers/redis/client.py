@@ -75,6 +75,14 @@ def _reply_error(error: hiredis.ReplyError, command: str = "") -> LayerError:
     code = text.split(" ", 1)[0]
     if code in _UNAVAILABLE_CODES:
         return LayerUnavailable(f"Redis cannot serve {command or 'the command'} now: {text}")
+    if code in {"MOVED", "ASK", "CROSSSLOT"}:
+        return RedisReplyError(
+            f"{text} (Redis Cluster is not supported: list the servers in the URL for "
+            "client-side sharding, redis://a:6379,b:6379/0)",
+            command=command,
+        )
+    if code == "ERR" and "unknown command" in text and command in {"BLMPOP", "LMPOP"}:
+        return RedisReplyError(f"{text} (csp-bus needs Redis 7.0 or later)", command=command)
     return RedisReplyError(text, command=command)
 
 

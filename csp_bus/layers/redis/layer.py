@@ -22,6 +22,8 @@ nobody has asked for it for a second.
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -201,6 +203,8 @@ class RedisLayer(ChannelLayer):
                 self._make_nodes(connections)
                 async with trio.open_nursery() as loops:
                     self._loops = loops
+                    if self.config.scheme == "redis+sentinel":
+                        loops.start_soon(self._watch_sentinels)
                     ready.set()
                     await trio.sleep_forever()  # until aclose() cancels this nursery
                 for node in self._nodes:
@@ -213,6 +217,41 @@ class RedisLayer(ChannelLayer):
             self._host_done.set()
             if not self._closed:
                 await self.aclose()
+
+    async def _watch_sentinels(self) -> None:
+        """Follow ``+switch-master`` announcements: on a failover of our master, drop
+        every connection at once, so that the next operation asks the Sentinels again
+        (instead of writing to the old master until it is demoted)."""
+        config = self.config
+        assert config.sentinel is not None and config.service is not None
+        node = self._nodes[0]
+        failures = 0
+        while True:
+            for sentinel in config.endpoints:
+                try:
+                    connection = await Connection.open(sentinel, config.sentinel)
+                except LayerError:
+                    continue
+                try:
+                    subscribe: tuple[Any, ...] = ("SUBSCRIBE", "+switch-master")
+                    await connection.write(hiredis.pack_command(subscribe))
+                    while True:
+                        reply = await connection.read_reply(math.inf)
+                        if (
+                            isinstance(reply, list)
+                            and reply[0] == b"message"
+                            and reply[2].split(b" ", 1)[0].decode() == config.service
+                        ):
+                            log.info("Sentinel: %s", reply[2].decode())
+                            node.reset()
+                            node.abort_borrowed()
+                        failures = 0
+                except LayerError:
+                    pass
+                finally:
+                    await connection.aclose()
+            failures += 1
+            await trio.sleep(random.uniform(0, min(5.0, 0.05 * 2**failures)))
 
     async def aclose(self) -> None:
         """Close: waiting receives get LayerClosed, connections are released, background
