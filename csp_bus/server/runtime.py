@@ -84,6 +84,12 @@ def _socket_of(stream: trio.abc.Stream) -> Any:
     return inner.socket
 
 
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
+
+
 class ServerRuntime:
     """What adapters get: the layer, the config, dispatchers, handlers, shutdown.
 
@@ -168,10 +174,11 @@ class ServerRuntime:
             with conn.cancel_scope:
                 assert self.handler is not None
                 await self.handler(stream, conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer went away (or a TLS handshake failed): nothing to answer
-        except Exception:
-            logger.exception("connection %s from %s failed", conn.id, client)
+        except Exception as exc:
+            # The peer going away (or a failed TLS handshake) is normal, also when it
+            # surfaces from a handler's nursery as an exception group.
+            if not _is_disconnect(exc):
+                logger.exception("connection %s from %s failed", conn.id, client)
         finally:
             await trio.aclose_forcefully(stream)
             del self.connections[conn.id]
@@ -239,13 +246,16 @@ async def run_server(
             )
             for adapter, adapter_config in adapters:
                 await nursery.start(adapter.run, runtime, adapter_config)
-            if listen and runtime.handler is None:
-                raise UsageError(
-                    "no adapter set a connection handler for the listening sockets "
-                    f"(adapters: {', '.join(runtime.adapters)})"
+            if not (listen and runtime.handler is None):
+                await _serve_connections(
+                    runtime, sockets if listen else [], ssl_context, task_status
                 )
-            await _serve_connections(runtime, sockets if listen else [], ssl_context, task_status)
             nursery.cancel_scope.cancel()
+        if listen and runtime.handler is None:  # raised here, not as an exception group
+            raise UsageError(
+                "no adapter set a connection handler for the listening sockets "
+                f"(adapters: {', '.join(runtime.adapters)})"
+            )
     finally:
         if own_sockets and sockets:
             for item in sockets:
