@@ -4,6 +4,7 @@ member and skips a full one without an error."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import trio
@@ -175,3 +176,102 @@ async def test_membership_expires_after_group_expiry(make_layer: Any) -> None:
     await layer.send_group("room", {"n": 1})
     assert await _drain(layer, "stale", "fresh") == [("fresh", {"n": 1})]
     assert (await layer.stats())["groups"] == {"room": 1}
+
+
+# -- several members of one process: whatever a layer queues, each member gets its copy -------
+
+
+async def test_fifo_per_member_with_group_and_direct_messages(layer: ChannelLayer) -> None:
+    for n in range(3):
+        await layer.group_add("room", f"srv!c{n}")
+    await layer.send("srv!c1", {"n": 0})
+    await layer.send_group("room", {"n": 1})
+    await layer.send("srv!c1", {"n": 2})
+    await layer.send_group("room", {"n": 3})
+    await layer.send("srv!c2", {"n": 4})
+    seen: dict[str, list[int]] = {}
+    for channel, message in await _drain(layer, "srv!"):
+        seen.setdefault(channel, []).append(message["n"])
+    assert seen == {"srv!c0": [1, 3], "srv!c1": [0, 1, 2, 3], "srv!c2": [1, 3, 4]}
+
+
+async def test_waiting_receiver_and_queued_members_of_one_process(layer: ChannelLayer) -> None:
+    for n in range(4):
+        await layer.group_add("room", f"srv!c{n}")
+    got: list[tuple[str, Any]] = []
+
+    async def receiver() -> None:
+        got.append(await layer.receive("srv!"))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(0.05)
+            await layer.send_group("room", {"n": 1})
+    got += await _drain(layer, "srv!")
+    assert sorted(got) == [(f"srv!c{n}", {"n": 1}) for n in range(4)]
+
+
+async def test_members_of_one_process_each_get_a_copy(layer: ChannelLayer) -> None:
+    for n in range(3):
+        await layer.group_add("room", f"srv!c{n}")
+    await layer.send_group("room", {"items": [1]})
+    first, second, third = await _drain(layer, "srv!")
+    first[1]["items"].append("mutated")
+    assert second[1] == third[1] == {"items": [1]}
+
+
+async def test_unread_group_message_of_a_process_expires_for_every_member(
+    make_layer: Any,
+) -> None:
+    layer = await make_layer(expiry=0.5)
+    for n in range(3):
+        await layer.group_add("room", f"srv!c{n}")
+    await layer.group_add("room", "alive!x")
+    await layer.send_group("room", {"n": 1})
+    assert await layer.receive_nowait("alive!") == ("alive!x", {"n": 1})
+    assert (await layer.receive_nowait("srv!"))[0].startswith("srv!c")  # type: ignore[index]
+    await trio.sleep(0.65)
+    await layer.send_group("room", {"n": 2})
+    assert await layer.receive_nowait("alive!") == ("alive!x", {"n": 2})
+    # The two whose copies expired unread left the group. (Whether the member that read
+    # its copy stays is left to the layer: the memory layer keeps it, the Redis layer
+    # takes the whole process for dead.)
+    left = await _drain(layer, "srv!")
+    assert [message for _, message in left] in ([], [{"n": 2}])
+    assert (await layer.stats())["groups"]["room"] == 1 + len(left)
+
+
+async def test_group_hammer_with_cancelled_receives(make_layer: Any) -> None:
+    """send_group to five members of one process and two plain channels while receivers
+    with tiny timeouts race: every (member, message) pair arrives exactly once."""
+    layer = await make_layer(capacity=10_000)
+    members = [f"gp!c{n}" for n in range(5)] + ["plain1", "plain2"]
+    for member in members:
+        await layer.group_add("room", member)
+    total = 200
+    got: list[tuple[str, int]] = []
+    done = trio.Event()
+    rng = random.Random(99)
+
+    async def receiver(*channels: str) -> None:
+        while not done.is_set():
+            with trio.move_on_after(rng.uniform(0, 0.002)):
+                channel, message = await layer.receive(*channels)
+                got.append((channel, message["id"]))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver, "gp!")
+            nursery.start_soon(receiver, "gp!", "plain1")
+            nursery.start_soon(receiver, "plain1", "plain2")
+            nursery.start_soon(receiver, "plain2")
+            for n in range(total):
+                await layer.send_group("room", {"id": n})
+                if n % 4 == 0:
+                    await trio.sleep(rng.uniform(0, 0.001))
+            done.set()
+    got += [(c, m["id"]) for c, m in await _drain(layer, "gp!", "plain1", "plain2")]
+    assert len(got) == len(set(got))
+    assert sorted(got) == sorted((member, n) for member in members for n in range(total))
