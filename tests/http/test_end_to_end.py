@@ -467,3 +467,28 @@ async def test_a_client_that_stops_reading_is_cut_off(serve, nursery) -> None:
             _, message = await served.layer.receive("http.disconnect")
         assert message["path"] == "/firehose"
     nursery.cancel_scope.cancel()
+
+
+async def test_client_leaving_mid_body_closes_the_body_channel(serve, nursery) -> None:
+    chunks: list[dict[str, Any]] = []
+    closed = trio.Event()
+
+    async def reader(layer: Any, message: dict[str, Any]) -> None:
+        while True:
+            _, chunk = await layer.receive(message["body_channel"])
+            chunks.append(chunk)
+            if chunk.get("closed") or not chunk.get("more_content"):
+                closed.set()
+                return
+
+    served = await serve(nursery, reader, http=HTTPConfig(body_chunk_size=1024))
+    stream = await trio.open_tcp_stream(served.host, served.port)
+    await stream.send_all(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n")
+    await stream.send_all(b"x" * 5000)
+    await served.got_request.wait()
+    await stream.aclose()
+    with trio.fail_after(3):
+        await closed.wait()
+    assert chunks[-1] == {"closed": True}
+    assert sum(len(c.get("content", b"")) for c in chunks) <= 5000 - 1024
+    nursery.cancel_scope.cancel()
