@@ -16,8 +16,9 @@ Per connection, three small tasks share one :class:`~.protocol.WebSocketConnecti
   dispatcher. It also runs the handshake timeout (504), keep-alive pings, and the wait
   for the peer's Close.
 * the *writer* writes. Bytes waiting for a slow client are bounded by
-  ``--ws-max-send-buffer``: over it, the pending frames are dropped and the connection
-  is closed with 1008 (policy violation: the client does not read).
+  ``--ws-max-send-buffer`` (one message is always let through, whatever its size):
+  over it, the pending frames are dropped and the connection is closed with 1008
+  (policy violation: the client does not read).
 
 Shutdown: when the server stops, every connection is closed with 1001 (going away),
 or with ``runtime.extensions["websocket.shutdown_code"]`` when a restarting server set
@@ -142,7 +143,9 @@ class _Session:
             self.pending.append(data)
             self.pending_size += len(data)
             self.wake_writer.unpark_all()
-            if self.pending_size > self.config.max_send_buffer:
+            # One message is always let through, however big (the bus bounds it):
+            # the limit is on what piles up behind it.
+            if self.pending_size > self.config.max_send_buffer and len(self.pending) > 1:
                 self.overflow()
         if self.ws.state is State.CLOSING and self.closing_deadline == math.inf:
             self.closing_deadline = trio.current_time() + self.config.close_timeout

@@ -530,3 +530,19 @@ def test_command_line_options_build_the_config() -> None:
     assert defaults.protocol.ping_interval == 20
     with pytest.raises(UsageError):
         adapter.configure(parser.parse_args(["--ws-max-connections", "0"]), ServerConfig())
+
+
+async def test_one_message_bigger_than_the_send_buffer_goes_through(
+    serve: Any, nursery: trio.Nursery, raw: Any, echo: Any
+) -> None:
+    config = WebSocketServerConfig(
+        protocol=WebSocketConfig(max_message_size=900_000), max_send_buffer=64 * 1024
+    )
+    server = await serve(nursery, ws=config)
+
+    def client() -> int:
+        with connect(server.url(), compression=None, max_size=None) as ws:
+            ws.send(b"x" * 800_000)
+            return len(ws.recv(timeout=10))
+
+    assert await in_thread(client) == 800_000
