@@ -139,19 +139,30 @@ async def test_send_group_to_ten_thousand_members(redis_url: str) -> None:
         await layer.flush()
 
 
-async def test_full_member_is_skipped_and_counted(redis_url: str) -> None:
+async def test_full_member_is_skipped_and_counted(
+    redis_url: str, redis_server: tuple[str, int]
+) -> None:
     async with open_layer(redis_url + "&channel_capacity=tight!:2") as layer:
         await layer.flush()
+        assert isinstance(layer, RedisLayer)
         for n in range(3):
             await layer.group_add("g", f"tight!{n}")
         await layer.group_add("g", "roomy")
+        # one send_group is ONE item on a process prefix, however many members it has
         await layer.send_group("g", {"x": 1})
+        assert await raw(redis_server, "LLEN", f"{layer.prefix}:q:tight!") == 1
+        await layer.send_group("g", {"x": 2})
+        await layer.send_group("g", {"x": 3})  # tight! is full: its 3 members skipped
         stats = await layer.stats()
-        assert stats["messages_dropped"] == 1
-        assert stats["channels"]["tight!"]["messages_pending"] == 2
+        assert stats["messages_dropped"] == 3
         assert stats["channels"]["tight!"]["capacity"] == 2
-        assert stats["channels"]["roomy"]["messages_pending"] == 1
+        assert stats["channels"]["roomy"]["messages_pending"] == 3
         assert (await layer.stats("tight!"))["messages_pending"] == 2
+        got = [await layer.receive("tight!") for _ in range(6)]
+        assert sorted((channel, message["x"]) for channel, message in got) == sorted(
+            (f"tight!{n}", x) for n in range(3) for x in (1, 2)
+        )
+        assert await layer.receive_nowait("tight!") is None
         await layer.flush()
 
 

@@ -77,8 +77,12 @@ LINGER = 1.0
 #: largest batch a process-local loop pops at once
 BATCH = 1024
 
-# (deadline ms, full channel name, msgpack payload, envelope as stored in Redis)
-_Item = tuple[int, str, bytes, bytes]
+# A message taken for one receiver: (deadline ms, full channel name, msgpack payload).
+_Item = tuple[int, str, bytes]
+# One envelope in a local buffer: [deadline ms, its channels *reversed* (a send_group
+# envelope names every member on the prefix; pop() takes the next), payload]. A buffer
+# counts envelopes, as the Redis list does: one send_group is one queued item.
+_Entry = list[Any]
 # (process-local prefixes, normal channel names, the prefixes' local queues)
 _Selector = tuple[tuple[str, ...], tuple[str, ...], tuple["_LocalQueue", ...]]
 
@@ -103,7 +107,7 @@ class _LocalQueue:
     def __init__(self, key: str, capacity: int) -> None:
         self.key = key
         self.capacity = capacity
-        self.buffer: deque[_Item] = deque()
+        self.buffer: deque[_Entry] = deque()
         # OrderedDict: popping the oldest is O(1); a plain dict's next(iter()) walks
         # over the slots of every waiter removed before it (quadratic for big fan-outs).
         self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
@@ -302,22 +306,40 @@ class RedisLayer(ChannelLayer):
             capacity = self._capacities[key] = self.options.capacity_for(key)
         return capacity
 
-    def _open_envelope(self, envelope: bytes, now: int) -> _Item | None:
+    def _open_envelope(self, envelope: bytes, now: int) -> _Entry | None:
         """Parse a LIST element; None (counted) when expired or malformed."""
         try:
             deadline = int(envelope[:13])
             newline = envelope.index(b"\n", 13)
-            channel = envelope[13:newline].decode("ascii")
+            channels = envelope[13:newline].decode("ascii").split(",")
         except (ValueError, UnicodeDecodeError):
             log.warning("dropped a malformed envelope from Redis: %r", envelope[:80])
             self._expired += 1
             return None
         if deadline <= now:
-            self._expired += 1
-            if "!" in channel:
-                self._dead.add(channel)
+            self._expired += len(channels)
+            for channel in channels:
+                if "!" in channel:
+                    self._dead.add(channel)
             return None
-        return deadline, channel, envelope[newline + 1 :], envelope
+        channels.reverse()
+        return [deadline, channels, envelope[newline + 1 :]]
+
+    @staticmethod
+    def _envelope(entry: _Entry) -> bytes:
+        """The LIST element for what is left of a buffered entry."""
+        return b"%013d%b\n%b" % (entry[0], ",".join(reversed(entry[1])).encode(), entry[2])
+
+    def _entry_taken(self, entry: _Entry, now: int) -> _Item | None:
+        """The next message of ``entry``; None (counted) when it expired meanwhile."""
+        if entry[0] <= now:
+            self._expired += len(entry[1])
+            for channel in entry[1]:
+                if "!" in channel:
+                    self._dead.add(channel)
+            entry[1].clear()
+            return None
+        return entry[0], entry[1].pop(), entry[2]
 
     async def _reap(self) -> None:
         """Process-local channels whose message expired unread have a dead reader: they
@@ -406,12 +428,14 @@ class RedisLayer(ChannelLayer):
                     best = queue
             if best is None:
                 return None
-            item = best.buffer.popleft()
-            if item[0] > now:
+            entry = best.buffer[0]
+            item = self._entry_taken(entry, now)
+            if not entry[1]:
+                best.buffer.popleft()
+            if item is not None:
                 self._rotation += 1
                 best.served = self._rotation
                 return item
-            self._expired += 1
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
         _, normal_keys, queues = self._selector(channels)
@@ -490,14 +514,15 @@ class RedisLayer(ChannelLayer):
         """Return an item taken but not delivered to where it came from, oldest end."""
         channel = item[1]
         key = queue_key(channel)
+        entry = [item[0], [channel], item[2]]
         if node is None:
             queue = self._local_queue(key)
-            queue.buffer.appendleft(item)
+            queue.buffer.appendleft(entry)
             self._dispatch(queue)
             return
         try:
             with trio.fail_after(self.config.connect.timeout):
-                await node.execute("RPUSH", self._qprefix + key, item[3])
+                await node.execute("RPUSH", self._qprefix + key, self._envelope(entry))
         except (LayerError, trio.TooSlowError):
             log.warning("lost a message for %r: it could not be pushed back", channel)
 
@@ -528,10 +553,13 @@ class RedisLayer(ChannelLayer):
         if not queue.waiters:
             return
         now = _now_ms()
-        while queue.buffer and queue.waiters:
-            item = queue.buffer.popleft()
-            if item[0] <= now:
-                self._expired += 1
+        buffer = queue.buffer
+        while buffer and queue.waiters:
+            entry = buffer[0]
+            item = self._entry_taken(entry, now)
+            if not entry[1]:
+                buffer.popleft()
+            if item is None:
                 continue
             waiter = queue.waiters.popitem(last=False)[0]
             self._unregister(waiter)
@@ -565,9 +593,9 @@ class RedisLayer(ChannelLayer):
                             if popped:
                                 now = _now_ms()
                                 for envelope in popped[1]:
-                                    item = self._open_envelope(envelope, now)
-                                    if item is not None:
-                                        queue.buffer.append(item)
+                                    entry = self._open_envelope(envelope, now)
+                                    if entry is not None:
+                                        queue.buffer.append(entry)
                                 self._dispatch(queue)
                                 if self._dead:
                                     await self._reap()
@@ -586,7 +614,7 @@ class RedisLayer(ChannelLayer):
         queue.buffer.clear()
         try:
             with trio.fail_after(self.config.connect.timeout):
-                await node.execute("RPUSH", key, *(item[3] for item in reversed(items)))
+                await node.execute("RPUSH", key, *map(self._envelope, reversed(items)))
         except (LayerError, trio.TooSlowError):
             if self._closed:
                 log.warning("lost %d unclaimed messages of %r at close", len(items), queue.key)
@@ -599,10 +627,8 @@ class RedisLayer(ChannelLayer):
         async with node.blocking() as connection:
             while True:
                 popped = await self._bpop(node, connection, keys, 1, RECEIVE_BLOCK)
-                if popped:
-                    item = self._open_envelope(popped[1][0], _now_ms())
-                    if item is not None:
-                        return item
+                if popped and (item := self._first(popped[1][0])) is not None:
+                    return item
 
     async def _bpop(
         self, node: RedisNode, connection: Connection, keys: list[str], count: int, block: float
@@ -662,10 +688,25 @@ class RedisLayer(ChannelLayer):
                 )
                 if reply is None:
                     break
-                item = self._open_envelope(reply[1][0], _now_ms())
+                now = _now_ms()
+                entry = self._open_envelope(reply[1][0], now)
+                if entry is None:
+                    continue
+                item = self._entry_taken(entry, now)
+                if entry[1]:
+                    # The other members of a send_group envelope: back to the oldest end
+                    # in Redis, where their deadline stays visible to send_group.
+                    with trio.CancelScope(shield=True):
+                        await node.execute("RPUSH", reply[0], self._envelope(entry))
                 if item is not None:
                     return item
         return None
+
+    def _first(self, envelope: bytes) -> _Item | None:
+        """The message of a popped plain-channel envelope (one channel only)."""
+        now = _now_ms()
+        entry = self._open_envelope(envelope, now)
+        return None if entry is None else self._entry_taken(entry, now)
 
     async def new_channel(self, pattern: str) -> str:
         await self._enter()
@@ -857,7 +898,7 @@ class RedisLayer(ChannelLayer):
         age = 0.0
         local = self._local.get(key)
         if local is not None and local.buffer:
-            pending += len(local.buffer)
+            pending += sum(len(entry[1]) for entry in local.buffer)
             oldest_local = local.buffer[0][0]
             age = max(age, (now - (oldest_local - self._expiry_ms)) / 1000)
         if isinstance(oldest, bytes):

@@ -102,7 +102,9 @@ local function leave_all(ch)
   redis.call('DEL', mkey)
 end
 local sent, dropped, dead = 0, 0, {}
--- per queue key: {key, room (messages it can still take), envelopes to push}
+-- per queue key: {key, room (items it can still take), envelopes or member names,
+-- process-local?}. All the members of one process prefix get ONE envelope naming them
+-- all ("a!x,a!y"): one send_group is one queued item per prefix.
 local queues, order = {}, {}
 local function deliver(ch)
   local bang = string.find(ch, '!', 1, true)
@@ -128,13 +130,15 @@ local function deliver(ch)
       end
       room = cap - n
     end
-    q = {key, room, {}}
+    q = {key, room, {}, bang}
     queues[qk] = q
     order[#order + 1] = q
   end
   if q[2] < 0 then
     dead[#dead + 1] = ch
     dropped = dropped + 1
+  elseif bang then
+    q[3][#q[3] + 1] = ch
   elseif #q[3] < q[2] then
     q[3][#q[3] + 1] = deadline .. ch .. '\\n' .. payload
   else
@@ -143,13 +147,23 @@ local function deliver(ch)
 end
 local function push_all()
   for _, q in ipairs(order) do
-    local envelopes = q[3]
-    if #envelopes > 0 then
-      for i = 1, #envelopes, 1000 do
-        redis.call('LPUSH', q[1], unpack(envelopes, i, math.min(i + 999, #envelopes)))
+    local items = q[3]
+    if #items > 0 then
+      if q[4] then
+        if q[2] >= 1 then
+          redis.call('LPUSH', q[1], deadline .. table.concat(items, ',') .. '\\n' .. payload)
+          redis.call('PEXPIRE', q[1], ttl)
+          sent = sent + #items
+        else
+          dropped = dropped + #items
+        end
+      else
+        for i = 1, #items, 1000 do
+          redis.call('LPUSH', q[1], unpack(items, i, math.min(i + 999, #items)))
+        end
+        redis.call('PEXPIRE', q[1], ttl)
+        sent = sent + #items
       end
-      redis.call('PEXPIRE', q[1], ttl)
-      sent = sent + #envelopes
     end
   end
 end
