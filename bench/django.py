@@ -224,7 +224,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="run only this system")
     parser.add_argument("--quick", action="store_true", help="1 run of 5 s per system")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="csp-bus worker threads")
+    parser.add_argument(
+        "--threads", type=int, default=4, help="csp-bus worker threads (default 4, as runworker)"
+    )
     parser.add_argument("--redis", default=os.environ.get("CSP_BUS_BENCH_REDIS", "127.0.0.1:6379"))
     args = parser.parse_args()
     runs, seconds = (1, 5) if args.quick else (3, 10)

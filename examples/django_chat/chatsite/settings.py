@@ -1,5 +1,6 @@
 """Settings of the csp-bus chat example (development values; see README.md)."""
 
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -47,7 +48,13 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        # CHAT_DB lets the tests use a scratch database.
+        "NAME": os.environ.get("CHAT_DB", BASE_DIR / "db.sqlite3"),
+    }
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
