@@ -116,6 +116,10 @@ def channel_session_user_from_http(consumer: F) -> F:
     def inner(message: Message, **kwargs: Any) -> Any:
         msg = extensible(message)
         transfer_user(msg.http_session, msg.channel_session)
+        if msg.channel_session.modified:
+            # Save now, not after the consumer: once it accepts, the client may send at
+            # once, and another worker thread must find the user for that message.
+            msg.channel_session.save()
         msg.user = get_user(msg.channel_session)
         return consumer(msg, **kwargs)
 
