@@ -180,29 +180,46 @@ def test_errors(client: httpx.Client) -> None:
 
 
 def test_server_and_worker_processes_over_redis(redis_url: str) -> None:
-    """``runserver --noworker`` and ``runworker`` as two processes sharing Redis."""
+    """``runserver --noworker`` and two ``runworker`` processes sharing Redis: views,
+    sessions, uploads, and one WebSocket's messages kept in order across processes."""
+    from websockets.sync.client import connect as ws_connect
+
     server, url = start_runserver("--noworker", "--layer", redis_url)
-    worker = subprocess.Popen(
-        manage("runworker", "--layer", redis_url),
-        env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    workers = [
+        subprocess.Popen(
+            manage("runworker", "--layer", redis_url),
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
-        assert "runworker:" in worker.stdout.readline()
+        for worker in workers:
+            assert "runworker:" in worker.stdout.readline()
         with httpx.Client(base_url=url, timeout=20) as client:
             assert client.get("/").text == "Hello, world!"
-            assert [client.get("/counter/").text for _ in range(2)] == ["1", "2"]
+            assert [client.get("/counter/").text for _ in range(4)] == ["1", "2", "3", "4"]
             big = os.urandom(1024 * 1024)
             echoed = client.post("/echo/", content=big).json()
             assert echoed["body_sha"] == hashlib.sha256(big).hexdigest()
+            cookie = login_cookie(client, "redis-ann")
+        with ws_connect(ws_url(url, "/ws/user/"), additional_headers={"Cookie": cookie}) as ws:
+            assert ws.recv(timeout=10) == "hello redis-ann"
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "redis-ann: hi"
+        with ws_connect(ws_url(url, "/ws/order/")) as ws:
+            sent = [str(i) for i in range(30)]
+            for text in sent:
+                ws.send(text)
+            ws.send("done")
+            assert json.loads(ws.recv(timeout=30)) == sent
     finally:
-        worker_output = stop(worker)
+        outputs = [stop(worker) for worker in workers]
         server_output = stop(server)
-    assert "Traceback" not in worker_output, worker_output
-    assert "Traceback" not in server_output, server_output
-    assert json  # imported for the helpers above
+    for output in [*outputs, server_output]:
+        assert "Traceback" not in output, output
 
 
 # -- WebSocket ------------------------------------------------------------------------------
