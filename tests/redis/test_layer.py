@@ -232,3 +232,36 @@ def test_url_forms() -> None:
     assert sentinel.service == "mymaster" and sentinel.connect.db == 1
     assert [e.port for e in sentinel.endpoints] == [26379, 26380]
     assert RedisLayer.from_url("rediss://h/0?ssl_cert_reqs=none").config.connect.tls is not None
+
+
+async def test_one_blocking_connection_reads_every_prefix(redis_url: str) -> None:
+    """20 prefixes waited on in one process share one reader and one BLMPOP; a prefix
+    whose first receive arrives while that BLMPOP blocks joins it at once."""
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        got: dict[int, Any] = {}
+        last = trio.Event()
+
+        async def wait(i: int) -> None:
+            got[i] = await layer.receive(f"many{i}!")
+            if i == 19:
+                last.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, 0)
+            await trio.sleep(0.1)  # the reader blocks on many0! alone
+            for i in range(1, 20):
+                nursery.start_soon(wait, i)
+            await trio.sleep(0.1)
+            (node,) = layer._nodes
+            assert len(node._borrowed) == 1  # one dedicated connection for all 20
+            start = trio.current_time()
+            await layer.send("many19!x", {"i": 19})  # a late joiner
+            with trio.fail_after(0.8):  # well under the BLMPOP block time (1 s)
+                await last.wait()
+            assert trio.current_time() - start < 0.8
+            for i in range(19):
+                await layer.send(f"many{i}!x", {"i": i})
+        assert got == {i: (f"many{i}!x", {"i": i}) for i in range(20)}
+        await layer.flush()

@@ -9,14 +9,15 @@ short, with ``P`` the ``prefix`` URL parameter:
 
 Receiving. Normal channels listed in one ``receive`` are waited on together in one
 ``BLMPOP`` on a dedicated connection, keys rotated on every call (fairness). Process-local
-prefixes are read by **one loop per prefix** in this process: it pops in batches only
-while some ``receive`` waits, and hands messages to local waiters. A receive that waits
-on several servers, or on local and normal channels together, races one waiter per
-source; whatever the losers took goes back where it came from. A receive cancelled while
-its ``BLMPOP`` is blocked unblocks it (``CLIENT UNBLOCK``) and pushes back anything the
-server popped in the meantime, so no message is lost and nothing piles up in memory: a
-loop's local buffer holds at most ``capacity`` messages and is pushed back to Redis when
-nobody has asked for it for a second.
+prefixes are read by **one reader per server** in this process, whatever the number of
+prefixes: it pops only for prefixes some ``receive`` waits on -- what is ready on all of
+them with one ``pop_all`` script call, else one ``BLMPOP`` over all of them -- and hands
+the messages to the local waiters. A receive that waits on several servers, or on local
+and normal channels together, races one waiter per source; whatever the losers took
+goes back where it came from. A receive cancelled while its ``BLMPOP`` is blocked
+unblocks it (``CLIENT UNBLOCK``) and pushes back anything the server popped meanwhile,
+so no message is lost and nothing piles up in memory: a prefix's local buffer holds at
+most ``capacity`` envelopes and goes back to Redis when nobody asked for it for a second.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .scripts import (
     GROUP_DISCARD,
     GROUP_MEMBERS,
     LEAVE_ALL,
+    POP_ALL,
     SEND,
     SEND_GROUP,
     capacity_args,
@@ -100,20 +102,46 @@ class _Waiter:
 
 
 class _LocalQueue:
-    """A process-local prefix this process reads: its loop's buffer and waiters."""
+    """A process-local prefix this process reads: its buffer and waiting receives."""
 
-    __slots__ = ("buffer", "capacity", "demand", "key", "running", "served", "waiters")
+    __slots__ = (
+        "buffer",
+        "capacity",
+        "key",
+        "reader",
+        "redis_key",
+        "served",
+        "touched",
+        "waiters",
+    )
 
-    def __init__(self, key: str, capacity: int) -> None:
+    def __init__(self, key: str, redis_key: str, capacity: int, reader: _Reader) -> None:
         self.key = key
+        self.redis_key = redis_key
         self.capacity = capacity
+        self.reader = reader
         self.buffer: deque[_Entry] = deque()
         # OrderedDict: popping the oldest is O(1); a plain dict's next(iter()) walks
         # over the slots of every waiter removed before it (quadratic for big fan-outs).
         self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self.served = 0
+        self.touched = 0.0  # trio time of the last take from, or fill of, the buffer
+
+
+class _Reader:
+    """The one loop per server that reads every process-local prefix of this process
+    living there (DESIGN.md 5: one blocking loop, whatever the number of prefixes)."""
+
+    __slots__ = ("blocked_on", "demand", "node", "queues", "running", "scope")
+
+    def __init__(self, node: RedisNode) -> None:
+        self.node = node
+        self.queues: dict[str, _LocalQueue] = {}
         self.demand = trio.Event()
         self.running = False
-        self.served = 0
+        #: the BLMPOP in flight: its cancel scope and the prefixes it waits on
+        self.scope: trio.CancelScope | None = None
+        self.blocked_on: frozenset[str] = frozenset()
 
 
 class RedisLayer(ChannelLayer):
@@ -146,6 +174,7 @@ class RedisLayer(ChannelLayer):
         self._capacities: dict[str, int] = {}
         self._selectors: dict[tuple[str, ...], _Selector] = {}
         self._local: dict[str, _LocalQueue] = {}
+        self._readers: dict[RedisNode, _Reader] = {}
         self._opened = False
         self._host_done = trio.Event()
         self._loops: trio.Nursery | None = None
@@ -404,7 +433,12 @@ class RedisLayer(ChannelLayer):
     def _local_queue(self, key: str) -> _LocalQueue:
         queue = self._local.get(key)
         if queue is None:
-            queue = self._local[key] = _LocalQueue(key, self._capacity(key))
+            node = self._node(key)
+            reader = self._readers.get(node)
+            if reader is None:
+                reader = self._readers[node] = _Reader(node)
+            queue = _LocalQueue(key, self._qprefix + key, self._capacity(key), reader)
+            self._local[key] = reader.queues[key] = queue
         return queue
 
     def _by_node(self, keys: Sequence[str]) -> list[tuple[RedisNode, list[str]]]:
@@ -435,6 +469,7 @@ class RedisLayer(ChannelLayer):
             if item is not None:
                 self._rotation += 1
                 best.served = self._rotation
+                best.touched = trio.current_time()
                 return item
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
@@ -532,11 +567,14 @@ class RedisLayer(ChannelLayer):
         waiter = _Waiter(trio.lowlevel.current_task(), queues)
         for queue in queues:
             queue.waiters[waiter] = None
-            if not queue.running:
-                queue.running = True
+            reader = queue.reader
+            if not reader.running:
+                reader.running = True
                 assert self._loops is not None
-                self._loops.start_soon(self._local_loop, queue)
-            queue.demand.set()
+                self._loops.start_soon(self._read_loop, reader)
+            elif reader.scope is not None and queue.key not in reader.blocked_on:
+                reader.scope.cancel()  # re-issue the BLMPOP with this prefix too
+            reader.demand.set()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._unregister(waiter)
@@ -570,44 +608,101 @@ class RedisLayer(ChannelLayer):
             self._unregister(waiter)
             trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
 
-    async def _local_loop(self, queue: _LocalQueue) -> None:
-        node = self._node(queue.key)
-        key = self._qprefix + queue.key
+    async def _read_loop(self, reader: _Reader) -> None:
+        """Pop for the prefixes that have waiting receives, only while they have some.
+
+        With several such prefixes, one ``pop_all`` script call (on the shared, pipelined
+        connection) takes what is ready on all of them; when nothing is, one ``BLMPOP``
+        over all of them waits on a dedicated connection. A prefix that gets its first
+        waiter while that BLMPOP blocks cancels it (unblock, nothing lost) and joins.
+        Buffers nobody asked for within LINGER go back to Redis.
+        """
+        node = reader.node
         try:
             while True:
-                if not queue.waiters:
-                    queue.demand = trio.Event()
-                    if queue.buffer:
+                stale = trio.current_time() - LINGER
+                for queue in reader.queues.values():
+                    if queue.buffer and not queue.waiters and queue.touched <= stale:
+                        await self._push_back(node, queue)
+                active = [queue for queue in reader.queues.values() if queue.waiters]
+                if not active:
+                    reader.demand = trio.Event()
+                    if any(queue.buffer for queue in reader.queues.values()):
                         with trio.move_on_after(LINGER):
-                            await queue.demand.wait()
-                        if not queue.waiters and queue.buffer:
-                            await self._push_back(node, key, queue)
+                            await reader.demand.wait()
                     else:
-                        await queue.demand.wait()
+                        await reader.demand.wait()
                     continue
                 try:
-                    async with node.blocking() as connection:
-                        while queue.waiters:
-                            count = max(1, min(BATCH, queue.capacity - len(queue.buffer)))
-                            popped = await self._bpop(node, connection, [key], count, LOOP_BLOCK)
-                            if popped:
-                                now = _now_ms()
-                                for envelope in popped[1]:
-                                    entry = self._open_envelope(envelope, now)
-                                    if entry is not None:
-                                        queue.buffer.append(entry)
-                                self._dispatch(queue)
-                                if self._dead:
-                                    await self._reap()
+                    if len(active) > 1 and await self._pop_all(node, active):
+                        continue
+                    await self._block_pop(reader, active)
                 except LayerError as exc:
-                    self._fail_waiters(queue, exc)
+                    for queue in active:
+                        self._fail_waiters(queue, exc)
+                if self._dead:
+                    await self._reap()
         finally:
-            queue.running = False
+            reader.running = False
             with trio.CancelScope(shield=True):
-                await self._push_back(node, key, queue)
+                for queue in reader.queues.values():
+                    await self._push_back(node, queue)
 
-    async def _push_back(self, node: RedisNode, key: str, queue: _LocalQueue) -> None:
-        """Return a loop's unclaimed buffer to Redis (oldest at the right end)."""
+    def _room(self, queue: _LocalQueue) -> int:
+        return max(1, min(BATCH, queue.capacity - len(queue.buffer)))
+
+    def _buffer_popped(self, queue: _LocalQueue, envelopes: list[bytes]) -> None:
+        queue.touched = trio.current_time()
+        now = _now_ms()
+        for envelope in envelopes:
+            entry = self._open_envelope(envelope, now)
+            if entry is not None:
+                queue.buffer.append(entry)
+        self._dispatch(queue)
+
+    async def _pop_all(self, node: RedisNode, active: list[_LocalQueue]) -> bool:
+        """Take what is ready on every active prefix at once; False when nothing was."""
+        reply = await POP_ALL(
+            node,
+            [queue.redis_key for queue in active],
+            [self._room(queue) for queue in active],
+        )
+        by_key = {queue.redis_key.encode(): queue for queue in active}
+        for index in range(0, len(reply), 2):
+            self._buffer_popped(by_key[reply[index]], reply[index + 1])
+        return bool(reply)
+
+    async def _block_pop(self, reader: _Reader, active: list[_LocalQueue]) -> None:
+        self._rotation += 1
+        shift = self._rotation % len(active)
+        active = active[shift:] + active[:shift]
+        count = min(self._room(queue) for queue in active)
+        async with reader.node.blocking() as connection:
+            popped = None
+            with trio.CancelScope() as scope:
+                reader.scope = scope
+                reader.blocked_on = frozenset(queue.key for queue in active)
+                try:
+                    popped = await self._bpop(
+                        reader.node,
+                        connection,
+                        [queue.redis_key for queue in active],
+                        count,
+                        LOOP_BLOCK,
+                    )
+                finally:
+                    reader.scope = None
+                    reader.blocked_on = frozenset()
+        if popped:
+            key = popped[0].decode()
+            for queue in active:
+                if queue.redis_key == key:
+                    self._buffer_popped(queue, popped[1])
+                    break
+
+    async def _push_back(self, node: RedisNode, queue: _LocalQueue) -> None:
+        """Return a prefix's unclaimed buffer to Redis (oldest at the right end)."""
+        key = queue.redis_key
         if not queue.buffer:
             return
         items = list(queue.buffer)

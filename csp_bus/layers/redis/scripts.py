@@ -22,6 +22,7 @@ __all__ = [
     "GROUP_DISCARD",
     "GROUP_MEMBERS",
     "LEAVE_ALL",
+    "POP_ALL",
     "SEND",
     "SEND_GROUP",
     "Script",
@@ -236,6 +237,23 @@ GROUP_DISCARD = Script(
 redis.call('ZREM', KEYS[1], ARGV[1])
 if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
+""",
+)
+
+POP_ALL = Script(
+    "pop_all",
+    """
+-- KEYS: queue lists; ARGV: how many to pop from each (right end, oldest first).
+-- Returns key, envelopes, key, envelopes... for the lists that had any.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local items = redis.call('RPOP', key, ARGV[i])
+  if items then
+    out[#out + 1] = key
+    out[#out + 1] = items
+  end
+end
+return out
 """,
 )
 
