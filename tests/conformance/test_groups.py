@@ -275,3 +275,23 @@ async def test_group_hammer_with_cancelled_receives(make_layer: Any) -> None:
     got += [(c, m["id"]) for c, m in await _drain(layer, "gp!", "plain1", "plain2")]
     assert len(got) == len(set(got))
     assert sorted(got) == sorted((member, n) for member in members for n in range(total))
+
+
+async def test_group_stats_do_not_count_expired_memberships(
+    make_layer: Any, layer_kind: str, known_bug: Any
+) -> None:
+    known_bug(
+        layer_kind,
+        "memory",
+        "csp_bus/layers/memory.py:487 MemoryLayer.stats() reports len(members) of "
+        "self._groups, which still holds memberships past group_expiry until a send or "
+        "send_group sweeps them: group_add('room','member') with group_expiry=0.5, sleep "
+        "0.65, stats()['groups'] == {'room': 1} (the Redis layer answers {})",
+    )
+    layer = await make_layer(group_expiry=0.5)
+    await layer.group_add("room", "member")
+    await layer.group_add("lobby", "member")
+    await trio.sleep(0.3)
+    await layer.group_add("lobby", "member")  # refreshed
+    await trio.sleep(0.35)
+    assert (await layer.stats())["groups"] == {"lobby": 1}
