@@ -502,7 +502,7 @@ def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class _Keepalive:
     interval: float
     timeout: float
@@ -511,7 +511,7 @@ class _Keepalive:
     heard: bool = False
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class _Inbound:
     parts: list[Any] = field(default_factory=list)
     size: int = 0
@@ -525,6 +525,37 @@ class WebSocketConnection:
     layer's ``new_channel``); ``client``/``server`` are ``(host, port)`` or ``None``;
     ``scheme`` is ``"ws"`` or ``"wss"``.
     """
+
+    # Thousands of idle connections each hold one: slots keep them small.
+    __slots__ = (
+        "_connect_sent",
+        "_deflate",
+        "_deflate_header",
+        "_disconnect_sent",
+        "_early",
+        "_early_eof",
+        "_events",
+        "_h11",
+        "_inbound",
+        "_keepalive",
+        "_key",
+        "_order",
+        "_out",
+        "_peer_code",
+        "_request",
+        "_sent_code",
+        "_ws",
+        "client",
+        "config",
+        "path",
+        "rejected_status",
+        "reply_channel",
+        "scheme",
+        "server",
+        "state",
+        "subprotocol",
+        "subprotocols",
+    )
 
     def __init__(
         self,

@@ -103,6 +103,31 @@ class WebSocketServerConfig:
 class _Session:
     """One WebSocket connection: the three tasks and what they share."""
 
+    __slots__ = (
+        "broken",
+        "closing_deadline",
+        "config",
+        "connect_delivered",
+        "ending",
+        "handshake_deadline",
+        "handshake_written",
+        "io_scope",
+        "kicked",
+        "layer",
+        "pending",
+        "pending_size",
+        "read_scope",
+        "reply",
+        "server",
+        "status",
+        "stream",
+        "upgrade",
+        "wait_scope",
+        "wake_writer",
+        "writer_done",
+        "ws",
+    )
+
     def __init__(
         self,
         server: _Server,
