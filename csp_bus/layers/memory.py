@@ -503,7 +503,11 @@ class MemoryLayer(ChannelLayer):
             "messages_pending": sum(c["messages_pending"] for c in channels.values()),
             "messages_max_age": max((c["messages_max_age"] for c in channels.values()), default=0),
             "channels": channels,
-            "groups": {group: len(members) for group, members in self._groups.items()},
+            "groups": {
+                group: live
+                for group, members in self._groups.items()
+                if (live := sum(1 for expires in members.values() if expires > now))
+            },
         }
 
     def _queue_stats(self, key: str, now: float) -> dict[str, Any]:

@@ -106,19 +106,10 @@ async def test_process_local_members(layer: ChannelLayer) -> None:
     assert await _drain(layer, "other!") == [("other!conn1", {"text": "hi"})]
 
 
-async def test_one_send_group_is_one_message_on_a_process_prefix(
-    make_layer: Any, layer_kind: str, known_bug: Any
-) -> None:
+async def test_one_send_group_is_one_message_on_a_process_prefix(make_layer: Any) -> None:
     """Members of one process share their prefix's queue; one send_group reaching
     several of them is queued and capped as ONE message (as channels_redis does), so a
     room larger than the capacity on one server still hears every broadcast."""
-    known_bug(
-        layer_kind,
-        "redis",
-        "the contract change of commit 7bf9991 (one send_group = one queued item per "
-        "process prefix) is not in csp_bus/layers/redis yet: with capacity=2 and five "
-        "members srv!conn0..4, receive('srv!') yields srv!conn0 and srv!conn1 only",
-    )
     layer = await make_layer(capacity=2)
     for n in range(5):
         await layer.group_add("room", f"srv!conn{n}")
@@ -277,17 +268,7 @@ async def test_group_hammer_with_cancelled_receives(make_layer: Any) -> None:
     assert sorted(got) == sorted((member, n) for member in members for n in range(total))
 
 
-async def test_group_stats_do_not_count_expired_memberships(
-    make_layer: Any, layer_kind: str, known_bug: Any
-) -> None:
-    known_bug(
-        layer_kind,
-        "memory",
-        "csp_bus/layers/memory.py:487 MemoryLayer.stats() reports len(members) of "
-        "self._groups, which still holds memberships past group_expiry until a send or "
-        "send_group sweeps them: group_add('room','member') with group_expiry=0.5, sleep "
-        "0.65, stats()['groups'] == {'room': 1} (the Redis layer answers {})",
-    )
+async def test_group_stats_do_not_count_expired_memberships(make_layer: Any) -> None:
     layer = await make_layer(group_expiry=0.5)
     await layer.group_add("room", "member")
     await layer.group_add("lobby", "member")
