@@ -404,8 +404,10 @@ class HTTPFront:
                 chunk = bytearray()
                 try:
                     complete = await self._read_body(stream, proto, chunk, chunk_size)
-                except (HTTPProtocolError, _ClientGone, trio.TooSlowError):
+                except (HTTPProtocolError, _ClientGone, trio.TooSlowError) as exc:
                     await layer.send_wait(body_channel, {"closed": True}, timeout=1.0)
+                    if isinstance(exc, HTTPProtocolError):
+                        raise
                     raise _ClientGone from None
                 await layer.send_wait(
                     body_channel,
@@ -471,6 +473,12 @@ class HTTPFront:
                     state.body_done = True
                 except _ClientGone:
                     state.gone = True
+                    cancel.cancel()
+                    return
+                except HTTPProtocolError as exc:  # e.g. a chunked body over the limit
+                    state.failed = True
+                    if not proto.response_started:  # the writer is not writing: safe
+                        await self._send_error(stream, proto, exc.status, conn, head)
                     cancel.cancel()
                     return
             await self._watch_client(stream, proto)

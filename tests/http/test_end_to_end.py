@@ -492,3 +492,26 @@ async def test_client_leaving_mid_body_closes_the_body_channel(serve, nursery) -
     assert chunks[-1] == {"closed": True}
     assert sum(len(c.get("content", b"")) for c in chunks) <= 5000 - 1024
     nursery.cancel_scope.cancel()
+
+
+async def test_a_streamed_body_over_the_limit_gets_413(serve, raw, nursery) -> None:
+    async def wait_for_body(layer: Any, message: dict[str, Any]) -> None:
+        while True:
+            _, chunk = await layer.receive(message["body_channel"])
+            if chunk.get("closed") or not chunk.get("more_content"):
+                return
+
+    served = await serve(
+        nursery, wait_for_body, http=HTTPConfig(body_chunk_size=1024, max_body_size=4000)
+    )
+    chunk = b"800\r\n" + b"y" * 2048 + b"\r\n"
+    data = await raw(
+        served.host,
+        served.port,
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk * 3
+        + b"0\r\n\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 413 Content Too Large")
+    assert len(served.requests) == 1 and "body_channel" in served.requests[0]
+    nursery.cancel_scope.cancel()
