@@ -251,12 +251,15 @@ class HTTPFront:
         log = self.runtime.access_log
         if log is None:
             return
+        client = conn.client
         if head is None:
             line = "-"
         else:
             target = head.target.decode("latin-1")
             line = f"{head.method} {target} HTTP/{head.http_version}"
-        log.log(conn.client, line, status, size)
+            if self.runtime.proxies is not None:  # log the client the app was told about
+                client = self._base_message(conn, head)[0]
+        log.log(client, line, status, size)
 
     def _base_message(self, conn: Connection, head: RequestHead) -> tuple[Any, str]:
         client = conn.client

@@ -353,6 +353,8 @@ async def test_proxy_headers_only_from_trusted_peers(serve, nursery) -> None:
         await client.get(served.url + "/", headers=headers)
     assert served.requests[0]["client"] == ["9.9.9.9", 0]
     assert served.requests[0]["scheme"] == "https"
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.log.getvalue().startswith("9.9.9.9 - - [")
     untrusted = ServerConfig(binds=LOCAL, proxy_headers=True, forwarded_allow_ips=("10.0.0.1",))
     served = await serve(nursery, server=untrusted)
     async with httpx.AsyncClient() as client:
