@@ -452,15 +452,26 @@ class HTTPFront:
             # Fast path: most responses come within milliseconds, so the first message
             # is awaited without a task watching the client. A client that leaves
             # meanwhile is noticed when the watch starts, at most _FAST_WAIT later.
-            with trio.move_on_at(min(deadline, trio.current_time() + _FAST_WAIT)):
+            message = None
+            written = False
+            with trio.CancelScope(deadline=min(deadline, trio.current_time() + _FAST_WAIT)) as wait:
                 try:
                     message = await reply.receive()
                 except ReplyOverrun:
                     return False
+                # The same scope now bounds the write: a client that stops reading.
+                wait.deadline = trio.current_time() + config.body_timeout
                 try:
-                    if not await self._write(stream, proto, head, message, state, conn):
+                    if not await self._write(
+                        stream, proto, head, message, state, conn, bounded=False
+                    ):
                         return False
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._disconnected(reply, head)
+                    return False
+                written = True
+            if message is not None:
+                if not written:  # cancelled mid-write: the connection is unusable
                     await self._disconnected(reply, head)
                     return False
                 if proto.response_done:
@@ -526,9 +537,12 @@ class HTTPFront:
         message: Message,
         state: _Progress,
         conn: Connection,
+        *,
+        bounded: bool = True,
     ) -> bool:
         """Write one response message; False when the response cannot go on (an
-        invalid message: 500 if nothing was sent yet, else the connection is cut)."""
+        invalid message: 500 if nothing was sent yet, else the connection is cut).
+        ``bounded``: the write gets ``body_timeout`` (else the caller's scope bounds it)."""
         content = message.get("content", b"")
         more = bool(message.get("more_content", False))
         try:
@@ -548,7 +562,10 @@ class HTTPFront:
             return False
         if head.method != "HEAD":
             state.sent += len(content)
-        await self._send(stream, data)  # a client that stops reading is cut off
+        if bounded:
+            await self._send(stream, data)  # a client that stops reading is cut off
+        else:
+            await stream.send_all(data)
         return True
 
     async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
