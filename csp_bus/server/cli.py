@@ -108,42 +108,43 @@ async def _serve_main(
 ) -> None:
     from ..layers import open_layer
 
-    async with open_layer(args.layer) as layer, trio.open_nursery() as nursery:
-        worker = None
-        if args.app is not None:
-            from ..embedded import run_workers
-            from ..worker import load_app
+    # Signals are caught from the start, so one arriving during start-up is not lost.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_layer(args.layer) as layer, trio.open_nursery() as nursery:
+            worker = None
+            if args.app is not None:
+                from ..embedded import run_workers
+                from ..worker import load_app
 
-            worker = await nursery.start(
-                lambda task_status: run_workers(
-                    layer, load_app(args.app), threads=args.threads, task_status=task_status
+                worker = await nursery.start(
+                    lambda task_status: run_workers(
+                        layer, load_app(args.app), threads=args.threads, task_status=task_status
+                    )
                 )
+            served = trio.Event()
+
+            async def serve(task_status: trio.TaskStatus[ServerRuntime]) -> None:
+                await run_server(layer, config, adapters, sockets=sockets, task_status=task_status)
+                served.set()
+
+            runtime: ServerRuntime = await nursery.start(serve)
+            where = ", ".join(runtime.addresses) or "no sockets"
+            app = f"app {args.app}" if args.app else "no app"
+            print(
+                f"csp-bus serve [{os.getpid()}]: {' + '.join(runtime.adapters)} on {where} "
+                f"(layer {args.layer}, {app}); Ctrl-C or SIGTERM to stop",
+                file=sys.stderr,
+                flush=True,
             )
-        served = trio.Event()
+            with trio.CancelScope() as watching:
 
-        async def serve(task_status: trio.TaskStatus[ServerRuntime]) -> None:
-            await run_server(layer, config, adapters, sockets=sockets, task_status=task_status)
-            served.set()
+                async def stop_when_served() -> None:
+                    await served.wait()
+                    if worker is not None:
+                        worker.stop()  # embedded workers get their own grace period
+                    watching.cancel()
 
-        runtime: ServerRuntime = await nursery.start(serve)
-        where = ", ".join(runtime.addresses) or "no sockets"
-        app = f"app {args.app}" if args.app else "no app"
-        print(
-            f"csp-bus serve [{os.getpid()}]: {' + '.join(runtime.adapters)} on {where} "
-            f"(layer {args.layer}, {app}); Ctrl-C or SIGTERM to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        with trio.CancelScope() as watching:
-
-            async def stop_when_served() -> None:
-                await served.wait()
-                if worker is not None:
-                    worker.stop()  # embedded workers get their own grace period
-                watching.cancel()
-
-            nursery.start_soon(stop_when_served)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                nursery.start_soon(stop_when_served)
                 async for signum in signals:
                     if runtime.stopping.is_set() or served.is_set():
                         nursery.cancel_scope.cancel()  # second signal: stop now
