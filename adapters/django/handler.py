@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -293,6 +294,8 @@ class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no t
     def __init__(self, settings: BusSettings | None = None) -> None:
         super().__init__()
         self.settings = settings or BusSettings()
+        self._lock = threading.Lock()
+        self._streaming: dict[str, threading.Event] = {}
         self.load_middleware()
 
     def __call__(self, message: Any, **kwargs: Any) -> None:
@@ -340,8 +343,33 @@ class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no t
     def _send(self, bus: SyncBus, reply: str, response: HttpResponseBase, *, head: bool) -> None:
         timeout = self.settings.body_timeout
         chunk_size = self.settings.response_chunk_size
-        for message in encode_response(response, chunk_size=chunk_size, head=head):
-            bus.send_wait(reply, message, timeout=timeout)
+        if not response.streaming:
+            for message in encode_response(response, chunk_size=chunk_size, head=head):
+                bus.send_wait(reply, message, timeout=timeout)
+            return
+        # A streaming response may never end (server-sent events): stop it when the
+        # server reports the client gone (http.disconnect, see on_disconnect).
+        gone = threading.Event()
+        with self._lock:
+            self._streaming[reply] = gone
+        try:
+            for message in encode_response(response, chunk_size=chunk_size, head=head):
+                if gone.is_set():
+                    logger.debug("client of %s left: streaming response stopped", reply)
+                    return
+                bus.send_wait(reply, message, timeout=timeout)
+        finally:
+            with self._lock:
+                self._streaming.pop(reply, None)
+
+    def on_disconnect(self, message: Any, **kwargs: Any) -> None:
+        """Consumer for ``http.disconnect``: stops this process's streaming response to
+        that client (the generator is closed at its next chunk)."""
+        reply = message.content.get("reply_channel")
+        with self._lock:
+            gone = self._streaming.get(reply)
+        if gone is not None:
+            gone.set()
 
 
 class StaticFilesConsumer(ViewConsumer):

@@ -45,4 +45,6 @@ def project_router(settings: BusSettings, *, views: bool = True, static: bool = 
     if views:
         consumer = StaticFilesConsumer(settings) if static else ViewConsumer(settings)
         entries.append(route("http.request", consumer))
+        # Stops streaming responses whose client left; this drains http.disconnect too.
+        entries.append(route("http.disconnect", consumer.on_disconnect))
     return Router(entries)

@@ -84,6 +84,23 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse((f"line {i}\n" for i in range(count)), content_type="text/plain")
 
 
+def events(request: HttpRequest) -> StreamingHttpResponse:
+    """An endless server-sent event stream; notes in a file when it is closed."""
+    marker = STATE / f"events-{request.GET['id']}.closed"
+
+    def stream():
+        try:
+            n = 0
+            while True:
+                yield f"data: {n}\n\n"
+                n += 1
+                time.sleep(0.02)
+        finally:
+            marker.write_text(str(n))
+
+    return StreamingHttpResponse(stream(), content_type="text/event-stream")
+
+
 def big_file(request: HttpRequest) -> FileResponse:
     return FileResponse(BIG_FILE.open("rb"), content_type="application/octet-stream")
 
@@ -119,6 +136,7 @@ urlpatterns = [
     path("upload/", upload),
     path("stream/", stream),
     path("file/", big_file),
+    path("events/", events),
     path("cookies/", cookies),
     path("counter/", counter),
     path("whoami/", whoami),

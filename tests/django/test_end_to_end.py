@@ -134,6 +134,25 @@ def test_streaming_response(client: httpx.Client) -> None:
     assert text == "".join(f"line {i}\n" for i in range(200))
 
 
+def test_endless_stream_stops_when_the_client_leaves(client: httpx.Client) -> None:
+    marker = busproj.STATE / "events-e2e.closed"
+    marker.unlink(missing_ok=True)
+    with client.stream("GET", "/events/?id=e2e") as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        received = b""
+        for chunk in response.iter_bytes():
+            received += chunk
+            if received.count(b"\n\n") >= 3:
+                break
+    assert received.startswith(b"data: 0\n\ndata: 1\n\n")
+    # The server reports the disconnect; the worker stops the generator.
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the streaming view was never closed"
+        time.sleep(0.05)
+    assert client.get("/").status_code == 200  # and the worker thread is free again
+
+
 def test_file_response(client: httpx.Client) -> None:
     data = os.urandom(4 * 1024 * 1024 + 3)
     busproj.BIG_FILE.write_bytes(data)
