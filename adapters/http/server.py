@@ -167,6 +167,15 @@ class HTTPFront:
                     return
                 if reply is None and self.dispatcher is not None:
                     reply = self.dispatcher.open_channel()  # one per connection, made lazily
+                elif reply is not None:
+                    # Anything that arrived between requests answers no request (a late
+                    # send_group to a long-poll group the connection is still in): drop it,
+                    # or it would be taken for this request's response.
+                    try:
+                        while reply.receive_nowait() is not None:
+                            logger.debug("%s: dropped a message sent between requests", reply.name)
+                    except ReplyOverrun:
+                        return
                 if not await self._serve_request(stream, conn, proto, head, reply):
                     await _linger_close(stream, proto)
                     return

@@ -517,3 +517,31 @@ async def test_a_streamed_body_over_the_limit_gets_413(serve, raw, nursery) -> N
     assert data.startswith(b"HTTP/1.1 413 Content Too Large")
     assert len(served.requests) == 1 and "body_channel" in served.requests[0]
     nursery.cancel_scope.cancel()
+
+
+async def test_messages_between_requests_are_not_taken_for_the_next_response(
+    serve, nursery
+) -> None:
+    async def app(layer: Any, message: dict[str, Any]) -> None:
+        if message["path"] == "/wait":
+            await layer.group_add("waiters", message["reply_channel"])
+        else:
+            await layer.send(message["reply_channel"], {"status": 200, "content": b"hello"})
+
+    served = await serve(nursery, app, http=HTTPConfig(long_poll_paths=("^/wait$",)))
+    async with httpx.AsyncClient() as client:
+
+        async def fire() -> None:
+            await served.got_request.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            await served.layer.send_group("waiters", {"status": 200, "content": b"news"})
+
+        nursery.start_soon(fire)
+        assert (await client.get(served.url + "/wait")).text == "news"
+        # a late fan-out reaches the idle keep-alive connection...
+        await served.layer.send_group("waiters", {"status": 200, "content": b"stale"})
+        await trio.testing.wait_all_tasks_blocked()
+        # ...and is not the answer to its next request
+        assert (await client.get(served.url + "/hello")).text == "hello"
+    assert len({tuple(m["client"]) for m in served.requests}) == 1  # one connection
+    nursery.cancel_scope.cancel()
