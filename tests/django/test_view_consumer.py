@@ -220,7 +220,12 @@ def test_signals_sent_once_per_request(client: HttpClient) -> None:
         seen.append("started")
 
     def finished(sender, **kwargs):
+        # Runs after Django's close_old_connections (connected first): with
+        # CONN_MAX_AGE = 0 the view's database connection is closed by now.
+        from django.db import connection
+
         seen.append("finished")
+        seen.append("db closed" if connection.connection is None else "db open")
 
     request_started.connect(started)
     request_finished.connect(finished)
@@ -229,7 +234,7 @@ def test_signals_sent_once_per_request(client: HttpClient) -> None:
     finally:
         request_started.disconnect(started)
         request_finished.disconnect(finished)
-    assert seen == ["started", "finished"]
+    assert seen == ["started", "finished", "db closed"]
 
 
 def test_aborted_body_sends_nothing() -> None:
