@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .server.cli import register as register_serve
 
     register_serve(commands)
+    from .worker import register as register_worker
+
+    register_worker(commands)
+    from .delay import register as register_delay
+
+    register_delay(commands)
     return parser
 
 
