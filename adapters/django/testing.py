@@ -37,7 +37,7 @@ from csp_bus.messages import new_channel_name
 from .conf import BusSettings
 from .handler import ViewConsumer
 
-__all__ = ["BusResponse", "ConsumerClient", "HttpClient"]
+__all__ = ["BusResponse", "BusTestCase", "ConsumerClient", "HttpClient"]
 
 
 @dataclass
@@ -354,3 +354,57 @@ class ConsumerClient:
         prefix = self.reply_channel[: self.reply_channel.index("!") + 1]
         while (got := self.bus.receive_nowait(prefix)) is not None:
             yield got[1]
+
+
+def _test_case_base() -> type:
+    from django.test import TransactionTestCase
+
+    return TransactionTestCase  # type: ignore[no-any-return]
+
+
+class BusTestCase(_test_case_base()):  # type: ignore[misc]
+    """A Django test case with a bus: ``self.http`` is an :class:`HttpClient` (cookies
+    kept across the test), ``self.socket(path)`` opens a :class:`ConsumerClient` that
+    carries the same cookies, so a socket sees whoever logged in through ``self.http``::
+
+        class ChatTests(BusTestCase):
+            def test_user(self):
+                User.objects.create_user("ann", password="pw-ann-12345")
+                self.login("ann", "pw-ann-12345")     # through the real login view
+                ws = self.socket("/ws/chat/lobby/")
+                ws.send("websocket.connect", chat_connect)
+                assert ws.receive() == {"accept": True}
+
+    It is a ``TransactionTestCase``: consumers run in other threads than the test and
+    see committed rows only.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.http = HttpClient()
+        self.http.__enter__()
+        self.addCleanup(self.http.__exit__, None, None, None)
+
+    def socket(self, path: str = "/", **kwargs: Any) -> ConsumerClient:
+        """A fake WebSocket connection to ``path`` with this test's cookies."""
+        kwargs.setdefault("cookies", self.http.cookies)
+        client = ConsumerClient(path=path, **kwargs)
+        client.__enter__()
+        self.addCleanup(client.__exit__, None, None, None)
+        return client
+
+    def login(self, username: str, password: str, *, url: str | None = None) -> BusResponse:
+        """Log in through the project's login page (``settings.LOGIN_URL``, or ``url``):
+        GET it for the CSRF cookie, POST the form; the session cookie is kept."""
+        from django.conf import settings
+        from django.shortcuts import resolve_url
+
+        path = url or str(resolve_url(settings.LOGIN_URL))
+        self.http.get(path)
+        token = self.http.cookies["csrftoken"].value
+        response = self.http.post(
+            path, {"csrfmiddlewaretoken": token, "username": username, "password": password}
+        )
+        if settings.SESSION_COOKIE_NAME not in self.http.cookies:
+            raise AssertionError(f"login as {username!r} at {path} failed: {response.status}")
+        return response

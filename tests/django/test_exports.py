@@ -32,7 +32,7 @@ PUBLIC = {
     },
     "binding": {"Binding", "bind_model"},
     "routing": {"load_routing", "project_router"},
-    "testing": {"BusResponse", "ConsumerClient", "HttpClient"},
+    "testing": {"BusResponse", "BusTestCase", "ConsumerClient", "HttpClient"},
     "checks": {"check_settings"},
 }
 
