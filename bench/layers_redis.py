@@ -215,7 +215,8 @@ def _cell(values: list[float], unit: str = "") -> str:
 
 def bench_redis(runs: int = RUNS) -> None:
     process, port, workdir = start_server()
-    base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000"
+    # generous timeouts: on a shared, overloaded VM a pinned server can stall for seconds
+    base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000&timeout=30&connect_timeout=10"
     group_url = base + "&channel_capacity=bench.g!:20000"
     figures: dict[str, list[float]] = {}
 
