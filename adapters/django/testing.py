@@ -278,9 +278,9 @@ class ConsumerClient:
     One client is one WebSocket connection (one reply channel, ``order`` counting up)::
 
         with ConsumerClient(path="/chat/lobby/", cookies=client.cookies) as ws:
-            ws.send("websocket.connect", chat_connect)
+            ws.send("websocket.connect", chat_connect)     # this consumer
             assert ws.receive() == {"accept": True}
-            ws.send("websocket.receive", chat_message, text="hi")
+            ws.send("websocket.receive", text="hi")        # the one the routes pick
     """
 
     def __init__(
@@ -299,6 +299,7 @@ class ConsumerClient:
             value = "; ".join(f"{m.key}={m.coded_value}" for m in cookies.values())
             self.headers.append([b"cookie", value.encode("latin-1")])
         self.reply_channel = new_channel_name("websocket.send.test!")
+        self._router: Any = None
         self.order = 0
         self._bus = _Bus(layer)
         self._layer: sync.SyncLayer | None = None
@@ -336,11 +337,35 @@ class ConsumerClient:
         base.update(fields)
         return base
 
-    def send(self, channel: str, consumer: Callable[..., Any], **fields: Any) -> None:
-        """Build the ``channel`` message and run ``consumer`` on it in this thread."""
+    def send(
+        self, channel: str, consumer: Callable[..., Any] | None = None, /, **fields: Any
+    ) -> None:
+        """Build the ``channel`` message and run a consumer on it in this thread.
+
+        Without ``consumer`` the project's routes pick it (``CSP_BUS["ROUTING"]``, as a
+        worker would), and the route's named groups are passed as keyword arguments.
+        """
         content = self.content(channel, **fields)
+        message = Message(content, channel)
         with using(self.bus):
-            consumer(Message(content, channel))
+            if consumer is not None:
+                consumer(message)
+                return
+            match = self._routes().match(channel, content)
+            if match is None:
+                raise LookupError(
+                    f"no route for {channel} with path {content.get('path')!r} in "
+                    'CSP_BUS["ROUTING"]'
+                )
+            match.consumer(message, **match.kwargs)
+
+    def _routes(self) -> Any:
+        if self._router is None:
+            from .conf import get_settings
+            from .routing import project_router
+
+            self._router = project_router(get_settings(), views=False)
+        return self._router
 
     def receive(self, timeout: float = 1.0) -> dict[str, Any] | None:
         """The next message the consumer sent to this connection, or ``None``."""

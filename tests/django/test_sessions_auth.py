@@ -166,3 +166,14 @@ def test_sync_only() -> None:
     for decorator in (channel_session, http_session, enforce_ordering, channel_session_user):
         with pytest.raises(TypeError, match="sync consumers only"):
             decorator(consumer)
+
+
+def test_consumer_client_uses_the_project_routes() -> None:
+    with ConsumerClient(path="/ws/user/") as ws:
+        ws.send("websocket.connect")
+        assert ws.receive() == {"accept": True}
+        assert ws.receive() == {"text": "hello anonymous"}
+        ws.send("websocket.receive", text="hey")
+        assert ws.receive() == {"text": "anonymous: hey"}
+    with ConsumerClient(path="/nowhere/") as ws, pytest.raises(LookupError, match="no route"):
+        ws.send("websocket.connect")
