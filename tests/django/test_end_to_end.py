@@ -284,3 +284,40 @@ def test_websocket_ordering_enforced(server: str) -> None:
             ws.send(text)
         ws.send("done")
         assert json.loads(ws.recv(timeout=20)) == sent
+
+
+def test_runserver_autoreloader_restarts_on_code_change() -> None:
+    process = subprocess.Popen(
+        manage("runserver", "127.0.0.1:0"),
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the reloader's parent and child: one process group
+    )
+
+    def next_url() -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            found = re.search(r"Starting csp-bus development server at (http://[\d.]+:\d+)/", line)
+            if found:
+                return found.group(1)
+        raise AssertionError("no (re)start announced")
+
+    try:
+        first = next_url()
+        assert httpx.get(first + "/", timeout=10).text == "Hello, world!"
+        time.sleep(1.1)  # the StatReloader compares modification times once a second
+        os.utime(HERE / "busproj.py")
+        second = next_url()
+        assert httpx.get(second + "/", timeout=10).text == "Hello, world!"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
