@@ -592,16 +592,23 @@ class RedisLayer(ChannelLayer):
             return
         now = _now_ms()
         buffer = queue.buffer
-        while buffer and queue.waiters:
+        waiters = queue.waiters
+        reschedule = trio.lowlevel.reschedule
+        while buffer and waiters:
             entry = buffer[0]
-            item = self._entry_taken(entry, now)
-            if not entry[1]:
+            if entry[0] <= now:
+                self._entry_taken(entry, now)  # counts it expired, marks dead readers
                 buffer.popleft()
-            if item is None:
                 continue
-            waiter = queue.waiters.popitem(last=False)[0]
-            self._unregister(waiter)
-            trio.lowlevel.reschedule(waiter.task, outcome.Value(item))
+            deadline, channels, payload = entry
+            # the hot loop of a big send_group: one waiter per member, no extra calls
+            while channels and waiters:
+                waiter = waiters.popitem(last=False)[0]
+                if len(waiter.queues) > 1:
+                    self._unregister(waiter)
+                reschedule(waiter.task, outcome.Value((deadline, channels.pop(), payload)))
+            if not channels:
+                buffer.popleft()
 
     def _fail_waiters(self, queue: _LocalQueue, error: BaseException) -> None:
         for waiter in list(queue.waiters):
