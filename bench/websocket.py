@@ -464,22 +464,30 @@ def part_fanout(args: argparse.Namespace, python: Path) -> dict[str, list[dict[s
             print(f"fan-out x{args.fanout}: {server.name} ...", file=sys.stderr, flush=True)
             rows = []
             for _ in range(args.runs):
-                flushall(port)
-                with running(server) as (url, pids):
-                    wait_quiet(pids + redis_pids)
-                    with Window(pids, redis_pids) as window:
-                        row = client(
-                            python,
-                            "fanout",
-                            url,
-                            "--connections",
-                            str(args.fanout),
-                            "--warm-up",
-                            "2",
-                            "--broadcasts",
-                            "20",
-                        )
-                    row.update(server_cpu=window.server_cpu, foreign=window.foreign)
+                for attempt in range(3):
+                    flushall(port)
+                    try:
+                        with running(server) as (url, pids):
+                            wait_quiet(pids + redis_pids)
+                            with Window(pids, redis_pids) as window:
+                                row = client(
+                                    python,
+                                    "fanout",
+                                    url,
+                                    "--connections",
+                                    str(args.fanout),
+                                    "--warm-up",
+                                    "2",
+                                    "--broadcasts",
+                                    "20",
+                                )
+                            row.update(server_cpu=window.server_cpu, foreign=window.foreign)
+                        break
+                    except RuntimeError as exc:
+                        print(f"  run failed (attempt {attempt + 1}): {exc}", file=sys.stderr)
+                else:
+                    continue
+                row["failed_attempts"] = attempt
                 rows.append(row)
                 print(
                     f"  all {row['all_ms']:.1f} ms, complete {row['complete']}/20",
@@ -568,16 +576,23 @@ def report_fanout(results: dict[str, list[dict[str, Any]]], runs: int, count: in
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
+        if not rows:
+            print(f"| {name} | every run failed (see stderr) | | | | | | |")
+            continue
+        failed = sum(r["failed_attempts"] for r in rows)
+        retried = f" (+{failed} failed runs)" if failed else ""
         print(
             f"| {name} | {fmt([r['all_ms'] for r in rows], '.1f')} "
             f"| {fmt([r['p90_ms'] for r in rows], '.1f')} "
             f"| {fmt([r['first_ms'] for r in rows], '.1f')} "
             f"| {fmt([r['median_member_ms'] for r in rows], '.1f')} "
-            f"| {sum(r['complete'] for r in rows)}/{20 * len(rows)} "
+            f"| {sum(r['complete'] for r in rows)}/{20 * len(rows)}{retried} "
             f"| {median(rows, 'server_cpu'):.2f} | {max(r['foreign'] for r in rows):.2f} |"
         )
     theirs = results.get("daphne-channels-redis")
     if theirs:
+        rows_ok = {name: rows for name, rows in results.items() if rows}
+        results = rows_ok
         print()
         for name, rows in results.items():
             if name.startswith("csp-bus"):

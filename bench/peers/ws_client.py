@@ -124,8 +124,9 @@ async def idle(args: argparse.Namespace) -> None:
     )
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # the caller measured the RSS
-    limit = asyncio.Semaphore(500)
+    limit = asyncio.Semaphore(args.concurrency)
     alive = 0
+    failures: dict[str, int] = {}
 
     async def check(connection) -> None:
         nonlocal alive
@@ -134,11 +135,12 @@ async def idle(args: argparse.Namespace) -> None:
                 await connection.send(TEXT)
                 if await asyncio.wait_for(connection.recv(), 60) == TEXT:
                     alive += 1
-            except Exception:  # counted as not alive
-                pass
+            except Exception as exc:  # counted as not alive, by reason
+                reason = f"{type(exc).__name__}: {exc}"[:120]
+                failures[reason] = failures.get(reason, 0) + 1
 
     await asyncio.gather(*(check(c) for c in connections))
-    emit(alive=alive)
+    emit(alive=alive, failures=failures)
     await close_all(connections)
 
 
