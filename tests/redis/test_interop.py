@@ -120,3 +120,33 @@ async def test_csp_bus_cli_send_receive_stats(redis_url: str) -> None:
     )
     assert down.returncode == 1
     assert "Traceback" not in down.stderr and "127.0.0.1:1" in down.stderr
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        b"",
+        b"garbage",
+        b"12345",
+        b"99999999999999svc.bad",  # no newline
+        b"%013dsvc.bad\n\xc1" % (int(time.time() * 1000) + 60_000),  # 0xc1: never used
+        b"%013dsvc.bad\n\x92\x01\x02" % (int(time.time() * 1000) + 60_000),  # a list
+        b"%013dsvc.bad\n\x81\x01\x02" % (int(time.time() * 1000) + 60_000),  # int key
+        b"%013dsvc.bad\n\x81\xa1x\xd4\x01\x00" % (int(time.time() * 1000) + 60_000),  # ext
+        b"%013dsvc.b\xffd\n\x80" % (int(time.time() * 1000) + 60_000),  # not ASCII
+    ],
+)
+async def test_foreign_garbage_is_dropped_not_delivered_or_fatal(
+    redis_url: str, redis_server: tuple[str, int], element: bytes
+) -> None:
+    """Whatever another writer pushes, a receive drops it (logged, counted) and goes on."""
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        await trio.to_thread.run_sync(
+            lambda: cli(redis_server, "-x", "LPUSH", f"{layer.prefix}:q:svc.bad", stdin=element)
+        )
+        await layer.send("svc.bad", {"ok": True})
+        with trio.fail_after(5):
+            assert await layer.receive("svc.bad") == ("svc.bad", {"ok": True})
+        assert await layer.receive_nowait("svc.bad") is None

@@ -34,7 +34,7 @@ import hiredis
 import outcome
 import trio
 
-from ...errors import ChannelFull, LayerClosed, LayerError, UsageError
+from ...errors import ChannelFull, InvalidMessage, LayerClosed, LayerError, UsageError
 from ...messages import (
     Message,
     decode,
@@ -472,20 +472,34 @@ class RedisLayer(ChannelLayer):
                 best.touched = trio.current_time()
                 return item
 
+    def _decoded(self, item: _Item) -> tuple[str, Message] | None:
+        """The message, or None (logged, counted as dropped) when a foreign writer put a
+        payload there that is not a valid message: the receiver is not to blame."""
+        try:
+            message = decode(item[2])
+        except InvalidMessage as exc:
+            log.warning("dropped an invalid message on %r from Redis: %s", item[1], exc)
+            self._dropped += 1
+            return None
+        self._received += 1
+        return item[1], message
+
     async def receive(self, *channels: str) -> tuple[str, Message]:
         _, normal_keys, queues = self._selector(channels)
         await self._enter()
-        try:
-            item = await self._receive(queues, normal_keys)
-        except LayerError as exc:
-            if self._closed and not isinstance(exc, LayerClosed):
-                raise self._closed_error(exc) from exc
-            raise
-        finally:
-            if self._dead:
-                await self._reap()
-        self._received += 1
-        return item[1], decode(item[2])
+        while True:
+            try:
+                item = await self._receive(queues, normal_keys)
+            except LayerError as exc:
+                if self._closed and not isinstance(exc, LayerClosed):
+                    raise self._closed_error(exc) from exc
+                raise
+            finally:
+                if self._dead:
+                    await self._reap()
+            found = self._decoded(item)
+            if found is not None:
+                return found
 
     async def _receive(
         self, queues: tuple[_LocalQueue, ...], normal_keys: tuple[str, ...]
@@ -766,21 +780,23 @@ class RedisLayer(ChannelLayer):
     async def receive_nowait(self, *channels: str) -> tuple[str, Message] | None:
         local_keys, normal_keys, queues = self._selector(channels)
         await self._enter()
-        item = self._take_local(queues) if queues else None
-        if item is None:
-            try:
-                item = await self._pop_now([*local_keys, *normal_keys])
-            except LayerError as exc:
-                if self._closed:
-                    raise self._closed_error(exc) from exc
-                raise
-            finally:
-                if self._dead:
-                    await self._reap()
-        if item is None:
-            return None
-        self._received += 1
-        return item[1], decode(item[2])
+        while True:
+            item = self._take_local(queues) if queues else None
+            if item is None:
+                try:
+                    item = await self._pop_now([*local_keys, *normal_keys])
+                except LayerError as exc:
+                    if self._closed:
+                        raise self._closed_error(exc) from exc
+                    raise
+                finally:
+                    if self._dead:
+                        await self._reap()
+            if item is None:
+                return None
+            found = self._decoded(item)
+            if found is not None:
+                return found
 
     async def _pop_now(self, keys: Sequence[str]) -> _Item | None:
         for node, redis_keys in self._by_node(keys):
