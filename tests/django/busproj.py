@@ -182,7 +182,13 @@ def order_disconnect(message) -> None:
     pass
 
 
+def db_connect(message) -> None:
+    User.objects.count()
+    message.reply_channel.send({"text": "users counted"})
+
+
 routes = [
+    route("websocket.connect", db_connect, path=r"^/ws/db/$"),
     route("websocket.connect", user_connect, path=r"^/ws/user/$"),
     route("websocket.receive", user_receive, path=r"^/ws/user/$"),
     route("websocket.connect", order_connect, path=r"^/ws/order/$"),

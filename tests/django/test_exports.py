@@ -31,7 +31,7 @@ PUBLIC = {
         "transfer_user",
     },
     "binding": {"Binding", "bind_model"},
-    "routing": {"load_routing", "project_router"},
+    "routing": {"DjangoRouter", "django_consumer", "load_routing", "project_router"},
     "testing": {"BusResponse", "BusTestCase", "ConsumerClient", "HttpClient"},
     "checks": {"check_settings"},
 }

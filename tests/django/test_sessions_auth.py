@@ -177,3 +177,13 @@ def test_consumer_client_uses_the_project_routes() -> None:
         assert ws.receive() == {"text": "anonymous: hey"}
     with ConsumerClient(path="/nowhere/") as ws, pytest.raises(LookupError, match="no route"):
         ws.send("websocket.connect")
+
+
+def test_routed_consumers_close_old_database_connections() -> None:
+    from django.db import connection
+
+    with ConsumerClient(path="/ws/db/") as ws:
+        ws.send("websocket.connect")
+        # the consumer used the database; Django's hygiene closed it afterwards
+        assert ws.receive() == {"text": "users counted"}
+        assert connection.connection is None
