@@ -324,6 +324,7 @@ class Multiplexer:
         self._buffer = bytearray()
         self._pending: deque[_Waiter] = deque()
         self._writer = trio.lowlevel.ParkingLot()
+        self._writing = False
         self._error: LayerError | None = None
         self._read_scope: trio.CancelScope | None = None
         self._progress = 0.0  # when the last reply arrived (or the first command left)
@@ -346,10 +347,14 @@ class Multiplexer:
         # the commands that the tasks of one batch issued leave in one write.
         try:
             while True:
-                if not self._buffer:
+                while not self._buffer or self._writing:
                     await self._writer.park()
                 data, self._buffer = self._buffer, bytearray()
-                await self.connection.write(data, 0)
+                self._writing = True
+                try:
+                    await self.connection.write(data, 0)
+                finally:
+                    self._writing = False
         except LayerError as exc:
             self._break(exc)
 
@@ -421,14 +426,29 @@ class Multiplexer:
         if self._error is not None:
             raise self._error
         waiter = _Waiter(trio.lowlevel.current_task(), count, command, many)
-        self._buffer += data
         if not self._pending:
             self._progress = trio.current_time()
             if self._read_scope is not None:
                 self._read_scope.deadline = self._progress + self.connection.options.timeout
         self._pending.append(waiter)
-        self._writer.unpark()
+        if self._writing or self._buffer:
+            self._buffer += data  # the writer task sends it with the others of this batch
+            self._writer.unpark()
+        else:
+            # An idle connection: write at once, saving the writer's scheduling hop (the
+            # latency of a lone caller); tasks arriving meanwhile queue for the writer.
+            self._writing = True
+            try:
+                await self.connection.write(data, 0)
+            except LayerError as exc:
+                self._break(exc)
+            finally:
+                self._writing = False
+            if self._buffer:
+                self._writer.unpark()
         waiter.parked = True
+        if waiter.result is not None:
+            return waiter.result.unwrap()
         return await trio.lowlevel.wait_task_rescheduled(_abort_failed)
 
     async def execute(self, *args: Any) -> Any:
