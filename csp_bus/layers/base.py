@@ -134,7 +134,14 @@ class ChannelLayer(abc.ABC):
     @abc.abstractmethod
     async def send_group(self, group: str, message: Message) -> None:
         """Send ``message`` to every current member; full members are skipped silently
-        (counted as dropped), never an error. The message is validated once."""
+        (counted as dropped), never an error. The message is validated once.
+
+        Members of one process (process-local channels sharing a prefix ``a!``) share
+        their prefix's queue, and one ``send_group`` reaching several of them is queued
+        and capped as ONE message on that prefix, fanned out when received (as
+        channels_redis does): a room of 500 on one server costs one slot, not 500, and
+        a full prefix skips all of its members together. A member whose messages expire
+        unread has a dead reader and leaves every group (DESIGN.md section 3)."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
