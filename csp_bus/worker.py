@@ -4,12 +4,13 @@
 :func:`csp_bus.embedded.run_workers`) receives on the union of the channels its routes
 name and hands each message to its consumer (DESIGN.md section 6):
 
-* **Bounded.** At most ``threads`` consumers run at once. The worker takes a free slot
-  *before* it receives, so it never holds messages it cannot start: with every thread
-  busy it stops receiving, and the messages wait on the layer (where capacity and
-  expiry apply) for this or another worker. Sync consumers run in threads
-  (``trio.to_thread.run_sync``); ``async def`` consumers run on the worker's Trio loop
-  and take a slot too.
+* **Bounded.** The worker runs ``threads`` *lanes*: a lane receives one message, runs
+  its consumer, and only then receives the next, so the worker never holds a message
+  it cannot start. With every lane busy nobody receives, and the messages wait on the
+  layer (where capacity and expiry apply) for this or another worker. A sync consumer
+  runs in its lane's dedicated thread (see :class:`_LaneThread` for why not
+  ``trio.to_thread.run_sync``); an ``async def`` consumer runs on the worker's Trio
+  loop and occupies its lane too.
 * **Contained.** A consumer's exception is logged with the channel, the route and the
   traceback; the worker carries on. A message no route matches is logged (once per
   channel, then at DEBUG) and dropped.

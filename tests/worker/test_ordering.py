@@ -16,7 +16,7 @@ from csp_bus.embedded import run_workers
 from csp_bus.layers.memory import MemoryLayer
 from csp_bus.ordering import enforce_ordering
 from csp_bus.routing import route, route_class
-from csp_bus.sessions import MemorySessionStore, session_store_for
+from csp_bus.sessions import MemorySessionStore, session_key, session_store_for
 
 
 def shuffled_connection(reply: str, receives: int, rng: random.Random) -> list[tuple[str, dict]]:
@@ -148,3 +148,49 @@ async def test_stale_duplicates_are_skipped_and_failures_advance(
         worker.stop()
     assert handled == [0, 1, 2]
     assert worker.stats.failed == 1
+
+
+@pytest.mark.redis
+async def test_ordering_on_redis_keeps_state_in_redis(redis_url: str, until: Any) -> None:
+    from csp_bus import open_layer
+    from csp_bus.sessions import RedisSessionStore
+
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    @enforce_ordering
+    def consumer(message: Message) -> None:
+        with lock:
+            seen.append(message["order"])
+
+    names = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+    async with open_layer(redis_url) as layer, trio.open_nursery() as nursery:
+        await layer.flush()
+        store = session_store_for(layer)
+        assert isinstance(store, RedisSessionStore)
+        worker = await nursery.start(
+            lambda task_status: run_workers(
+                layer,
+                [route(name, consumer) for name in names],
+                threads=4,
+                message_retries=100,
+                task_status=task_status,
+            )
+        )
+        reply = await layer.new_channel("ws?")
+        batch = shuffled_connection(reply, 10, random.Random(3))
+        disconnect = next(m for m in batch if m[0] == "websocket.disconnect")
+        for channel, content in batch:
+            if channel != "websocket.disconnect":
+                await layer.send(channel, content)
+        await until(lambda: worker.stats.handled >= 11 or worker.stats.dropped)
+        # Mid-connection the next expected order lives in Redis, not in this process.
+        key = "order." + session_key(reply)
+        assert await store.load(key) == {"next_order": 11}
+        await layer.send(*disconnect)
+        await until(lambda: worker.stats.handled >= 12 or worker.stats.dropped)
+        worker.stop()
+        assert worker.stats.dropped == 0
+        assert seen == list(range(12))
+        assert await store.load(key) is None  # the disconnect ended the session
+        await layer.flush()
