@@ -28,9 +28,9 @@ it (1012). Handshakes still waiting for the application are refused with 503.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,7 @@ class WebSocketServerConfig:
 class _Session:
     """One WebSocket connection: the three tasks and what they share."""
 
+    # Thousands of idle connections each hold one: slots keep them small.
     __slots__ = (
         "broken",
         "closing_deadline",
@@ -111,7 +112,6 @@ class _Session:
         "ending",
         "handshake_deadline",
         "handshake_written",
-        "io_scope",
         "kicked",
         "layer",
         "pending",
@@ -124,7 +124,7 @@ class _Session:
         "upgrade",
         "wait_scope",
         "wake_writer",
-        "writer_done",
+        "write_scope",
         "ws",
     )
 
@@ -142,18 +142,20 @@ class _Session:
         self.ws = ws
         self.layer = server.runtime.layer
         self.config = server.config
-        self.pending: deque[bytes] = deque()
+        #: frames waiting for the writer (a list: usually empty, and a deque costs more)
+        self.pending: list[bytes] = []
         self.pending_size = 0
         self.wake_writer = trio.lowlevel.ParkingLot()
+        self.write_scope: trio.CancelScope | None = None
         self.handshake_written = False
+        #: the socket failed: nothing more can be written
         self.broken = False
+        #: the protocol is CLOSED: the writer flushes what is left, then the session ends
         self.ending = False
-        self.writer_done = trio.Event()
         self.read_scope: trio.CancelScope | None = None
+        self.kicked = False
         #: websocket.connect reached the bus, so websocket.disconnect is owed
         self.connect_delivered = False
-        self.kicked = False
-        self.io_scope = trio.CancelScope()
         self.wait_scope: trio.CancelScope | None = None
         self.handshake_deadline = math.inf
         self.closing_deadline = math.inf
@@ -172,11 +174,21 @@ class _Session:
             # the limit is on what piles up behind it.
             if self.pending_size > self.config.max_send_buffer and len(self.pending) > 1:
                 self.overflow()
-        if self.ws.state is State.CLOSING and self.closing_deadline == math.inf:
+        state = self.ws.state
+        if state is State.CLOSING and self.closing_deadline == math.inf:
             self.closing_deadline = trio.current_time() + self.config.close_timeout
             self.nudge()
-        if self.ws.state is State.CLOSED:
-            self.io_scope.cancel()
+        elif state is State.CLOSED and not self.ending:
+            self.end()
+
+    def end(self) -> None:
+        """The protocol is done: let the writer flush (for ``close_timeout`` at most)."""
+        self.ending = True
+        self.wake_writer.unpark_all()
+        if self.write_scope is not None:
+            self.write_scope.deadline = min(
+                self.write_scope.deadline, trio.current_time() + self.config.close_timeout
+            )
 
     def overflow(self) -> None:
         # The client reads slower than the application writes. Frames not yet handed to
@@ -187,19 +199,16 @@ class _Session:
             self.ws.client,
             self.pending_size,
         )
+        self.pending.clear()
+        self.pending_size = 0
         if self.handshake_written:
-            self.pending.clear()
-            self.pending_size = 0
             self.ws.close(1008, "client too slow to read")
             data = self.ws.data_to_send()
             self.pending.append(data)
             self.pending_size = len(data)
         else:
-            self.pending.clear()
-            self.pending_size = 0
-            self.broken = True
+            self.broken = True  # the 101 itself is stuck: just drop the connection
         self.ws.connection_lost()
-        self.io_scope.cancel()
 
     def nudge(self) -> None:
         """Make the replier recompute its deadline (shutdown, closing, new state)."""
@@ -209,41 +218,47 @@ class _Session:
     # -- the three tasks -------------------------------------------------------------------
 
     async def writer(self) -> None:
-        try:
-            while True:
-                while not self.pending:
-                    if self.ending or self.broken:
-                        return
+        """Write pending frames until the session ends (runs as the nursery's body)."""
+        with trio.CancelScope() as self.write_scope:
+            if self.ending:
+                self.write_scope.deadline = trio.current_time() + self.config.close_timeout
+            while not self.broken:
+                if not self.pending:
+                    if self.ending:
+                        break
                     await self.wake_writer.park()
-                if self.broken:
-                    return
-                data = self.pending.popleft()
-                self.pending_size -= len(data)
+                    continue
+                pending = self.pending
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                pending.clear()
+                self.pending_size = 0
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.broken = True
                     self.ws.connection_lost()
-                    self.io_scope.cancel()
-                    return
+                    break
                 self.handshake_written = True
-        finally:
-            self.writer_done.set()
+        self.write_scope = None
 
     async def reader(self) -> None:
-        # The reader is the only task that takes events out of the protocol (until
-        # finish()), so they reach the bus in order; the replier kicks it when a reply
-        # produced some (frames sent before the accept, a disconnect).
+        # The reader is the only task that takes events out of the protocol (until the
+        # session ends), so they reach the bus in order. While the handshake waits for
+        # the application, its read can be cancelled ("kicked") so that frames sent
+        # before the accept are handed over as soon as it comes.
         ws = self.ws
         while True:
             data: bytes | bytearray | None = None
             if not self.kicked:
-                with trio.CancelScope() as self.read_scope:
-                    try:
+                try:
+                    if ws.state is State.CONNECTING:
+                        with trio.CancelScope() as self.read_scope:
+                            data = await self.stream.receive_some(_READ_SIZE)
+                        self.read_scope = None
+                    else:
                         data = await self.stream.receive_some(_READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                self.read_scope = None
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
             self.kicked = False
             if data is not None:
                 ws.receive_data(data)
@@ -259,7 +274,7 @@ class _Session:
         if self.read_scope is not None:
             self.read_scope.cancel()
 
-    async def handle_events(self) -> None:
+    async def handle_events(self, *, final: bool = False) -> None:
         ws = self.ws
         while True:
             try:
@@ -271,7 +286,11 @@ class _Session:
             if event is NEED_DATA:
                 return
             if isinstance(event, MessageReceived):
-                await self.send_receive(event.message)
+                if final:  # the connection is gone: no waiting for room any more
+                    with contextlib.suppress(ChannelFull, InvalidMessage, LayerError):
+                        await self.layer.send(self.config.receive_channel, event.message)
+                else:
+                    await self.send_receive(event.message)
             elif isinstance(event, Disconnected) and self.connect_delivered:
                 await self.send_disconnect(event.message)
 
@@ -337,7 +356,6 @@ class _Session:
                 self.apply(message)
             elif ws.state is not State.CLOSED and trio.current_time() >= self.next_deadline():
                 self.on_deadline(trio.current_time())
-                self.kick_reader()
             self.flush()
 
     def on_deadline(self, now: float) -> None:
@@ -377,15 +395,9 @@ class _Session:
 
     # -- the whole connection ---------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def connect(self, event: ConnectRequest) -> None:
+        """Send ``websocket.connect`` (or refuse the handshake when the bus cannot)."""
         ws = self.ws
-        try:
-            event = ws.next_event()
-        except WebSocketProtocolError as exc:
-            self.status = exc.hint or 400
-            await self.finish()
-            return
-        assert isinstance(event, ConnectRequest)
         message = event.message
         base = self.upgrade.message  # what the HTTP front resolved (proxy headers)
         message["client"] = base.get("client", message["client"])
@@ -403,42 +415,33 @@ class _Session:
         if ws.rejected_status is not None:
             self.status = ws.rejected_status
         self.handshake_deadline = trio.current_time() + self.config.handshake_timeout
-        self.flush()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.writer)
-            with self.io_scope:
-                if ws.state is not State.CLOSED:
-                    self.server.sessions.add(self)
-                    try:
-                        async with trio.open_nursery() as io:
-                            io.start_soon(self.reader)
-                            io.start_soon(self.replier)
-                    finally:
-                        self.server.sessions.discard(self)
-            await self.finish(nursery)
 
-    async def finish(self, nursery: trio.Nursery | None = None) -> None:
-        """Deliver the owed ``websocket.disconnect``, flush, close the TCP connection."""
+    async def run(self) -> None:
         ws = self.ws
-        if ws.state is not State.CLOSED:
-            ws.connection_lost()
-        with trio.CancelScope(shield=True):
-            await self.handle_events()
-        self.log()
-        if nursery is None:  # no writer running: write the handshake answer here
-            data = ws.data_to_send()
-            with trio.move_on_after(self.config.close_timeout):
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+        try:
+            event = ws.next_event()
+        except WebSocketProtocolError as exc:
+            self.status = exc.hint or 400
         else:
-            self.pending.append(ws.data_to_send())
-            self.ending = True
-            self.wake_writer.unpark_all()
-            with trio.move_on_after(self.config.close_timeout):
-                await self.writer_done.wait()
-            nursery.cancel_scope.cancel()
+            assert isinstance(event, ConnectRequest)
+            await self.connect(event)
+            del event  # the connect message is not kept for the life of the connection
+        self.flush()
+        self.server.sessions.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                if not self.ending:
+                    nursery.start_soon(self.reader)
+                    nursery.start_soon(self.replier)
+                await self.writer()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.server.sessions.discard(self)
+            if ws.state is not State.CLOSED:
+                ws.connection_lost()
+            self.log()
+            with trio.CancelScope(shield=True):
+                await self.handle_events(final=True)  # the owed websocket.disconnect
         if not self.broken:
             await _linger_close(self.stream)
 
