@@ -15,6 +15,9 @@ answers on the reply channel; the producer counts replies.
   ``1/worker rate - 1/inline rate`` (routing, the Message object, the hand-off to a
   thread and back, the reply's trip from the thread to the loop).
 * ``sequential`` keeps one message in flight (latency-bound); ``pipelined`` keeps 64.
+* Both wall-clock time and process CPU time (all threads) per message are printed: on a
+  shared, loaded machine the wall figure includes waiting for a core, the CPU figure
+  is what the dispatch itself costs.
 * The peer: Channels 4.3's ``channels.worker.Worker`` + ``ChannelNameRouter`` + a
   ``SyncConsumer`` replying with ``async_to_sync(channel_layer.send)``, on its
   InMemoryChannelLayer (bench/peers/channels_worker.py, in the peers' venv).
@@ -59,9 +62,11 @@ def reply(message: Message) -> None:
     message.reply_channel.send({})  # type: ignore[union-attr]
 
 
-async def drive(layer, reply_channel: str, n: int, window: int) -> float:  # type: ignore[no-untyped-def]
-    """Send n requests keeping ``window`` in flight; the rate of replies (msg/s)."""
+async def drive(layer, reply_channel: str, n: int, window: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Send n requests keeping ``window`` in flight: (replies per second, process CPU
+    seconds per message -- every thread of the process counted)."""
     message = {"reply_channel": reply_channel}
+    cpu = time.process_time()
     start = time.perf_counter()
     sent = received = 0
     while received < n:
@@ -70,10 +75,10 @@ async def drive(layer, reply_channel: str, n: int, window: int) -> float:  # typ
             sent += 1
         await layer.receive(reply_channel)
         received += 1
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) / n
 
 
-async def with_worker(threads: int, n: int, window: int) -> float:
+async def with_worker(threads: int, n: int, window: int) -> tuple[float, float]:
     async with open_layer(URL) as layer, trio.open_nursery() as nursery:
         worker = Worker(layer, [route("bench.in", reply)], threads=threads)
         await nursery.start(worker.run)
@@ -84,7 +89,7 @@ async def with_worker(threads: int, n: int, window: int) -> float:
         return rate
 
 
-async def inline(n: int, window: int) -> float:
+async def inline(n: int, window: int) -> tuple[float, float]:
     async with open_layer(URL) as layer, trio.open_nursery() as nursery:
 
         async def consumer() -> None:
@@ -100,14 +105,18 @@ async def inline(n: int, window: int) -> float:
         return rate
 
 
-def measure(label: str, function, *args) -> list[float]:  # type: ignore[no-untyped-def]
-    rates = [trio.run(function, *args) for _ in range(RUNS)]
+def measure(label: str, function, *args) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Median rate and median CPU seconds per message over RUNS runs (prints both)."""
+    results = [trio.run(function, *args) for _ in range(RUNS)]
+    rates = [rate for rate, _ in results]
+    cpus = [cpu for _, cpu in results]
     print(
         f"  {label:<34} {statistics.median(rates):>9,.0f} msg/s"
-        f"  ({min(rates):,.0f}-{max(rates):,.0f})",
+        f"  ({min(rates):,.0f}-{max(rates):,.0f})"
+        f"   CPU {statistics.median(cpus) * 1e6:6.1f} us/msg",
         flush=True,
     )
-    return rates
+    return statistics.median(rates), statistics.median(cpus)
 
 
 def peer(n: int, pinned: bool) -> dict[str, list[float]] | None:
@@ -147,15 +156,18 @@ def main() -> None:
     table: dict[tuple[str, str], float] = {}
     for mode, window in (("sequential", 1), ("pipelined", 64)):
         print(f"{mode} (window {window}):")
-        base = statistics.median(measure("inline task (no worker)", inline, n, window))
+        base, base_cpu = measure("inline task (no worker)", inline, n, window)
         table[(mode, "inline")] = base
         for threads in (1, 8):
-            rate = statistics.median(
-                measure(f"worker, {threads} thread(s), sync no-op", with_worker, threads, n, window)
+            rate, cpu = measure(
+                f"worker, {threads} thread(s), sync no-op", with_worker, threads, n, window
             )
             table[(mode, f"w{threads}")] = rate
             overhead = (1 / rate - 1 / base) * 1e6
-            print(f"  {'':<34} dispatch overhead {overhead:6.1f} us/message")
+            print(
+                f"  {'':<34} dispatch overhead {overhead:6.1f} us/message wall, "
+                f"{(cpu - base_cpu) * 1e6:6.1f} us/message CPU"
+            )
     if not args.quick:
         print("peer: Channels 4.3 Worker + SyncConsumer, InMemoryChannelLayer")
         found = peer(max(2000, n // 5), args.pin)
