@@ -30,13 +30,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from .consumers import Channel, current_context
-from .errors import ChannelFull, InvalidMessage, UsageError
+from .errors import ChannelFull, InvalidMessage, LayerClosed, LayerError, UsageError
 from .layers.base import ChannelLayer
 from .messages import Message, decode, encode, validate_send_name
 from .sessions import RedisAccess, redis_access
@@ -298,8 +299,8 @@ class DelayService:
             if self._stopped:
                 self._scope.cancel()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._intake)
-                nursery.start_soon(self._dispatch)
+                nursery.start_soon(self._resilient, self._intake)
+                nursery.start_soon(self._resilient, self._dispatch)
                 logger.info(
                     "delay service: draining %r, %d message(s) waiting",
                     self.channel,
@@ -307,6 +308,22 @@ class DelayService:
                 )
                 task_status.started(self)
         self._scope = None
+
+    async def _resilient(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop``; when the backend fails (Redis restarting...), wait and rerun it,
+        logging once per outage. Only a closed layer ends the service."""
+        failures = 0
+        while True:
+            try:
+                await loop()
+            except LayerClosed:
+                logger.info("delay service: the layer was closed")
+                return
+            except LayerError as exc:
+                if not failures:
+                    logger.warning("delay service: the layer failed (%s); retrying", exc)
+                await trio.sleep(min(2.0, 0.05 * 2**failures))
+                failures = min(failures + 1, 16)
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -361,6 +378,14 @@ class DelayService:
         except UsageError as exc:
             self.stats.dropped += 1
             logger.warning("dropping a delayed message for %r: %s", item.channel, exc)
+        except LayerError:
+            # The backend failed mid-send: put it back (if the store is down too, the
+            # error ends this round and the message is lost: at-most-once, logged).
+            self.stats.retried += 1
+            await self.store.add(
+                self.store.now() + _RETRY_AFTER, item.channel, item.content, item.attempts + 1
+            )
+            raise
         else:
             self.stats.sent += 1
 

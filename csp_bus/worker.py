@@ -45,7 +45,7 @@ import outcome
 import trio
 
 from .consumers import BusContext, ConsumeLater, Message, _context
-from .errors import ChannelFull, LayerClosed, UsageError
+from .errors import BusError, ChannelFull, LayerClosed, LayerError, UsageError
 from .layers.base import ChannelLayer
 from .routing import Match, Router, RoutingError, load_routes
 from .sessions import SessionStore, session_store_for
@@ -63,6 +63,8 @@ DEFAULT_GRACE = 30.0
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
 _RETRIES_KEY = "__retries__"
+_OUTAGE_FIRST = 0.05
+_OUTAGE_MAX = 2.0
 
 
 def select_channels(
@@ -112,11 +114,11 @@ class _LaneThread:
     ``LayerClosed``.
     """
 
-    __slots__ = ("_inbox", "_index", "_thread", "_token")
+    __slots__ = ("_inbox", "_thread", "_token", "index")
 
     def __init__(self, token: trio.lowlevel.TrioToken, index: int) -> None:
         self._token = token
-        self._index = index
+        self.index = index
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -140,7 +142,7 @@ class _LaneThread:
         it does. Cancellation abandons the consumer (see the class docstring)."""
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._loop, name=f"csp-bus-worker-{self._index}", daemon=True
+                target=self._loop, name=f"csp-bus-worker-{self.index}", daemon=True
             )
             self._thread.start()
         job = _Job(consumer, message, kwargs, trio.lowlevel.current_task(), self._token)
@@ -360,15 +362,30 @@ class Worker:
         stopping = self._stopping
         channels = self.channels
         receive = self.layer.receive
+        failures = 0
         while not stopping.is_set():
             with trio.CancelScope() as scope:
                 self._receive_scopes.add(scope)
                 try:
                     channel, content = await receive(*channels)
+                except LayerClosed:
+                    logger.info("the layer was closed: lane %d ends", lane.index)
+                    return
+                except LayerError as exc:
+                    # The backend is down (Redis restarting...): wait and try again,
+                    # never die of it. Logged once per outage, per lane.
+                    if not failures:
+                        logger.warning("receive failed (%s); retrying with backoff", exc)
+                    await trio.sleep(min(_OUTAGE_MAX, _OUTAGE_FIRST * 2**failures))
+                    failures += 1
+                    continue
                 finally:
                     self._receive_scopes.discard(scope)
             if scope.cancelled_caught:
                 return  # stop(): the cancelled receive took nothing
+            if failures:
+                logger.info("receiving again after %d failed tries", failures)
+                failures = 0
             self.stats.received += 1
             await self._handle(lane, nursery, requeues, channel, content)
 
@@ -459,6 +476,10 @@ class Worker:
         except ChannelFull:
             self.stats.dropped += 1
             logger.warning("dropping a ConsumeLater message: %r stayed full", channel)
+            return
+        except BusError as exc:  # the backend failed: the message is lost, say so
+            self.stats.dropped += 1
+            logger.warning("dropping a ConsumeLater message for %r: %s", channel, exc)
             return
         self.stats.requeued += 1
 
