@@ -340,10 +340,19 @@ def part_echo(args: argparse.Namespace, python: Path) -> dict[str, list[dict[str
             client(python, "echo", url, "--round-trips", "20")  # warm-up
             rows = []
             for _ in range(args.runs):
-                wait_quiet(pids)
-                with Window(pids) as window:
-                    row = client(python, "echo", url)
-                row.update(server_cpu=window.server_cpu, foreign=window.foreign)
+                for attempt in range(3):
+                    wait_quiet(pids)
+                    try:
+                        with Window(pids) as window:
+                            row = client(python, "echo", url)
+                        break
+                    except RuntimeError as exc:  # a peer refusing handshakes under load
+                        print(f"  run failed (attempt {attempt + 1}): {exc}", file=sys.stderr)
+                else:
+                    continue
+                row.update(
+                    server_cpu=window.server_cpu, foreign=window.foreign, failed_attempts=attempt
+                )
                 rows.append(row)
                 print(f"  {row['round_trips_per_s']:,.0f} rt/s", file=sys.stderr, flush=True)
         results[server.name] = rows
@@ -509,8 +518,13 @@ def report_echo(results: dict[str, list[dict[str, Any]]], runs: int) -> None:
     print("| server | round trips/s | p50 ms | p99 ms | srv CPU | client CPU | foreign |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
+        if not rows:
+            print(f"| {name} | every run failed (see stderr) | | | | | |")
+            continue
+        failed = sum(r["failed_attempts"] for r in rows)
+        retried = f" (+{failed} failed runs)" if failed else ""
         print(
-            f"| {name} | {fmt([r['round_trips_per_s'] for r in rows], ',.0f')} "
+            f"| {name}{retried} | {fmt([r['round_trips_per_s'] for r in rows], ',.0f')} "
             f"| {fmt([r['p50_ms'] for r in rows], '.2f')} "
             f"| {fmt([r['p99_ms'] for r in rows], '.2f')} "
             f"| {median(rows, 'server_cpu'):.2f} | {median(rows, 'client_cpu'):.2f} "
@@ -521,7 +535,7 @@ def report_echo(results: dict[str, list[dict[str, Any]]], runs: int) -> None:
         ("csp-bus-sync", "daphne-channels-sync"),
         ("csp-bus-async", "daphne-channels-async"),
     ):
-        if ours in results and theirs in results:
+        if results.get(ours) and results.get(theirs):
             ratio = median(results[ours], "round_trips_per_s") / median(
                 results[theirs], "round_trips_per_s"
             )
@@ -531,7 +545,7 @@ def report_echo(results: dict[str, list[dict[str, Any]]], runs: int) -> None:
                 f"{median(results[ours], 'p99_ms'):.1f} vs {median(results[theirs], 'p99_ms'):.1f}"
                 f" ms (target >= {ECHO_RATIO_TARGET:g}x: {verdict})"
             )
-        if ours in results and "uvicorn-wsproto" in results:
+        if results.get(ours) and results.get("uvicorn-wsproto"):
             ratio = median(results[ours], "round_trips_per_s") / median(
                 results["uvicorn-wsproto"], "round_trips_per_s"
             )
