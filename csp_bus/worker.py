@@ -110,8 +110,8 @@ class _LaneThread:
     The thread only ever runs user code (the consumer); it starts on first use and is
     told to end when the worker stops. A consumer still running when the grace period
     ends is *abandoned*: its lane task is cancelled, the thread finishes on its own (a
-    daemon thread), its result is ignored and its further layer calls raise
-    ``LayerClosed``.
+    daemon thread), its result is ignored, and its further layer calls go through
+    ``trio.from_thread`` like any other thread's (``LayerClosed`` once the program ends).
     """
 
     __slots__ = ("_inbox", "_thread", "_token", "index")
