@@ -294,7 +294,9 @@ class DelayService:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[DelayService] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.CancelScope() as self._scope:
             if self._stopped:
                 self._scope.cancel()

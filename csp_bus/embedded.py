@@ -38,7 +38,7 @@ async def run_workers(
     message_retries: int = DEFAULT_RETRIES,
     grace_period: float = DEFAULT_GRACE,
     sessions: SessionStore | None = None,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``router``'s consumers on ``layer`` until stopped or cancelled.
 

@@ -313,7 +313,7 @@ class Worker:
 
     # -- the run ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Receive and dispatch until :meth:`stop` (returns after the grace period at
         most) or cancellation (returns at once, abandoning running threads).
 
