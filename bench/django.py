@@ -271,7 +271,11 @@ def main() -> None:
             flush=True,
         )
     medians = {name: statistics.median(r for r, _, _ in rows) for name, rows in results.items()}
-    print()
+    # Other processes on CPU 0 take a share of it, and the scheduler shares a contended
+    # core per thread: on a busy machine a many-threaded server gets more of CPU 0 than
+    # a single-threaded one. Compare figures only from a quiet machine.
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"\nload average at the end: {load} (on {os.cpu_count()} CPUs)")
     for ours in ("csp-bus-redis", "csp-bus-embedded"):
         if ours not in medians:
             continue
