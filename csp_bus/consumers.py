@@ -117,11 +117,7 @@ def using(bus: SyncLayer | BusContext) -> Iterator[BusContext]:
 
 
 def _on_trio_thread() -> bool:
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return False
-    return True
+    return trio.lowlevel.in_trio_run()
 
 
 def _blocking(operation: Callable[[SyncLayer], T]) -> T:

@@ -176,14 +176,28 @@ _lane_local = threading.local()
 class _Call:
     __slots__ = ("args", "function", "reply")
 
-    def __init__(self, function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        reply: queue.SimpleQueue[outcome.Outcome[Any]],
+    ) -> None:
         self.function = function
         self.args = args
-        self.reply: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
+        self.reply = reply
 
 
 class _Job:
-    __slots__ = ("abandoned", "consumer", "context", "kwargs", "message", "task", "token")
+    __slots__ = (
+        "abandoned",
+        "consumer",
+        "context",
+        "kwargs",
+        "message",
+        "replies",
+        "task",
+        "token",
+    )
 
     def __init__(
         self,
@@ -200,6 +214,8 @@ class _Job:
         self.token = token
         self.context = contextvars.copy_context()
         self.abandoned = False
+        # One call at a time per consumer thread: one reply queue serves them all.
+        self.replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
 
     def invoke(self) -> Any:
         """Runs in the lane thread, in the lane task's context (the worker's layer)."""
@@ -221,7 +237,7 @@ class _Job:
 
     def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs in the lane thread: have the lane task await ``function(*args)``."""
-        request = _Call(function, args)
+        request = _Call(function, args, self.replies)
         try:
             self.token.run_sync_soon(self.request, request)
         except trio.RunFinishedError as exc:
