@@ -528,8 +528,10 @@ def load_app(spec: str) -> Router:
         sys.path.insert(0, os.getcwd())
     try:
         routes = load_routes(spec)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise RoutingError(f"cannot load APP {spec!r}: {exc}") from exc
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise RoutingError(
+            f"cannot load APP {spec!r}: {type(exc).__name__}: {exc} (--debug shows the traceback)"
+        ) from exc
     return Router.of(routes)
 
 

@@ -103,6 +103,16 @@ def test_worker_rejects_bad_routes_with_their_position(app_dir: Path) -> None:
         timeout=30,
     )
     assert missing.returncode == 2 and "cannot load APP" in missing.stderr
+    (app_dir / "crashing.py").write_text("raise KeyError('at import')\n")
+    crashing = subprocess.run(
+        [sys.executable, "-m", "csp_bus", "worker", "crashing"],
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert crashing.returncode == 2
+    assert "KeyError: 'at import'" in crashing.stderr and "Traceback" not in crashing.stderr
 
 
 @pytest.mark.redis
