@@ -120,6 +120,8 @@ async def test_csp_bus_cli_send_receive_stats(redis_url: str) -> None:
     )
     assert down.returncode == 1
     assert "Traceback" not in down.stderr and "127.0.0.1:1" in down.stderr
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
 
 
 @pytest.mark.parametrize(
