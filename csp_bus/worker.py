@@ -219,7 +219,16 @@ class _Job:
 
     def invoke(self) -> Any:
         """Runs in the lane thread, in the lane task's context (the worker's layer)."""
-        return self.context.run(self.consumer, self.message, **self.kwargs)
+        result = self.context.run(self.consumer, self.message, **self.kwargs)
+        if inspect.iscoroutine(result):
+            # An async callable the worker could not recognise (an object with an async
+            # __call__...): never awaited, it would do nothing, silently. Say so.
+            result.close()
+            raise UsageError(
+                f"consumer {self.consumer!r} returned a coroutine: make it an `async def` "
+                "function so the worker runs it on its Trio loop"
+            )
+        return result
 
     def report(self, result: outcome.Outcome[Any]) -> None:
         """Runs on the Trio thread: wake the lane task unless it gave up waiting."""

@@ -368,3 +368,19 @@ async def test_stop_before_run_returns_at_once(layer: MemoryLayer) -> None:
     worker.stop()
     with trio.fail_after(2):
         await worker.run()
+
+
+async def test_a_hidden_async_consumer_is_reported(
+    layer: MemoryLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Handler:
+        async def __call__(self, message: Message) -> None:
+            raise AssertionError("never awaited")
+
+    async with trio.open_nursery() as nursery:
+        worker = await nursery.start(run_workers, layer, [route("x", Handler())])
+        with caplog.at_level(logging.ERROR, logger="csp_bus.worker"):
+            await layer.send("x", {})
+            await until(lambda: worker.stats.failed >= 1)
+        worker.stop()
+    assert any("returned a coroutine" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
