@@ -251,11 +251,9 @@ class Message:
 
     ``content`` is the message dict, ``channel`` the :class:`Channel` it arrived on,
     ``reply_channel`` a :class:`Channel` for ``content["reply_channel"]`` (or ``None``).
-    ``message["path"]`` and ``message.get("path")`` read ``content``. Decorators may add
-    attributes (``enforce_ordering`` adds nothing visible).
+    ``message["path"]`` and ``message.get("path")`` read ``content``. Decorators add
+    attributes: :func:`csp_bus.sessions.channel_session` adds ``channel_session``.
     """
-
-    __slots__ = ("channel", "content", "reply_channel")
 
     def __init__(self, content: MessageDict, channel: str | Channel) -> None:
         self.content = content

@@ -23,27 +23,35 @@ seconds after its last write; nothing grows without bound.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
+import inspect
 import math
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from .consumers import current_context
+from .errors import UsageError
 from .layers.base import ChannelLayer
 from .messages import Message, decode, encode
 
 __all__ = [
+    "ChannelSession",
     "ChannelSessionStore",
     "MemorySessionStore",
     "RedisAccess",
     "RedisSessionStore",
     "SessionStore",
+    "channel_session",
     "redis_access",
     "session_key",
     "session_store_for",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: default lifetime of a session without writes: the layer's group expiry (a day).
 DEFAULT_TTL = 86400.0
@@ -224,3 +232,105 @@ def session_store_for(layer: ChannelLayer) -> SessionStore:
             store = ChannelSessionStore(layer)
         _memory_stores[layer] = store
     return store
+
+
+# -- channel_session: per-connection data for consumers ----------------------------------------
+
+
+class ChannelSession(dict[str, Any]):
+    """A dict that remembers whether it was changed (``channel_session`` saves it then).
+
+    Values follow the message rules (JSON-compatible plus bytes). Mutating a nested
+    value does not mark it changed: set ``session.modified = True`` yourself then.
+    """
+
+    modified: bool = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.modified = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.modified = True
+        super().__delitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.modified = True
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        self.modified = True
+        return super().pop(*args)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self.modified = True
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        self.modified = True
+        super().clear()
+
+
+_SESSION_ENDS = frozenset({"websocket.disconnect"})
+
+
+def channel_session(consumer: F) -> F:
+    """Give ``consumer`` ``message.channel_session``: a dict kept per reply channel.
+
+    Every message of one connection sees the same session, whichever thread or worker
+    process handles it (it lives in the layer's session store: this process for
+    ``memory://``, Redis for ``redis://``). It is saved after the consumer returns, if
+    changed, and deleted after the ``websocket.disconnect`` consumer. Works on sync and
+    ``async def`` consumers. A message without ``reply_channel`` is a ``UsageError``.
+    """
+
+    def prepare(message: Any) -> tuple[Any, SessionStore, str]:
+        if message.reply_channel is None:
+            raise UsageError(
+                f"channel_session needs a reply_channel; a {message.channel.name} message has none"
+            )
+        context = current_context()
+        if context is None:
+            raise UsageError("channel_session runs inside a worker (no bus context here)")
+        store = context.sessions or session_store_for(context.layer)
+        return context, store, "session." + session_key(message.reply_channel.name)
+
+    def finish_plan(message: Any) -> str | None:
+        if message.channel.name in _SESSION_ENDS:
+            return "delete"
+        return "save" if message.channel_session.modified else None
+
+    if inspect.iscoroutinefunction(consumer):
+
+        @functools.wraps(consumer)
+        async def async_wrapper(message: Any, **kwargs: Any) -> Any:
+            _, store, key = prepare(message)
+            message.channel_session = ChannelSession(await store.load(key) or {})
+            result = await consumer(message, **kwargs)
+            plan = finish_plan(message)
+            if plan == "delete":
+                await store.delete(key)
+            elif plan == "save":
+                await store.save(key, dict(message.channel_session))
+            return result
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(consumer)
+    def wrapper(message: Any, **kwargs: Any) -> Any:
+        context, store, key = prepare(message)
+        message.channel_session = ChannelSession(context.call(store.load, key) or {})
+        result = consumer(message, **kwargs)
+        plan = finish_plan(message)
+        if plan == "delete":
+            context.call(store.delete, key)
+        elif plan == "save":
+
+            async def save() -> None:
+                await store.save(key, dict(message.channel_session))
+
+            context.call(save)
+        return result
+
+    return wrapper  # type: ignore[return-value]
