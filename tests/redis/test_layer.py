@@ -265,3 +265,19 @@ async def test_one_blocking_connection_reads_every_prefix(redis_url: str) -> Non
                 await layer.send(f"many{i}!x", {"i": i})
         assert got == {i: (f"many{i}!x", {"i": i}) for i in range(20)}
         await layer.flush()
+
+
+async def test_short_lived_prefixes_leave_no_state_behind(redis_url: str) -> None:
+    """A process receiving on many one-off prefixes (one per request) keeps no state
+    for the idle ones: nothing grows without bound."""
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        for n in range(200):
+            await layer.send(f"once{n}!x", {"n": n})
+            assert await layer.receive(f"once{n}!") == (f"once{n}!x", {"n": n})
+            assert await layer.receive_nowait(f"never{n}!") is None
+        await trio.sleep(LINGER + 0.2)
+        await layer.send("last!x", {})
+        assert await layer.receive("last!") == ("last!x", {})
+        assert len(layer._local) <= 2

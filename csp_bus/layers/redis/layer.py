@@ -85,8 +85,8 @@ _Item = tuple[int, str, bytes]
 # envelope names every member on the prefix; pop() takes the next), payload]. A buffer
 # counts envelopes, as the Redis list does: one send_group is one queued item.
 _Entry = list[Any]
-# (process-local prefixes, normal channel names, the prefixes' local queues)
-_Selector = tuple[tuple[str, ...], tuple[str, ...], tuple["_LocalQueue", ...]]
+# (process-local prefixes, normal channel names)
+_Selector = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def _now_ms() -> int:
@@ -125,7 +125,7 @@ class _LocalQueue:
         # over the slots of every waiter removed before it (quadratic for big fan-outs).
         self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
         self.served = 0
-        self.touched = 0.0  # trio time of the last take from, or fill of, the buffer
+        self.touched = trio.current_time()  # last take from, or fill of, the buffer
 
 
 class _Reader:
@@ -424,10 +424,9 @@ class RedisLayer(ChannelLayer):
             keys = dict.fromkeys(validate_receive_name(name) for name in channels)
             local = tuple(key for key in keys if key.endswith("!"))
             normal = tuple(key for key in keys if not key.endswith("!"))
-            queues = tuple(self._local_queue(key) for key in local)
             if len(self._selectors) >= 1024:
                 self._selectors.clear()
-            found = self._selectors[channels] = (local, normal, queues)
+            found = self._selectors[channels] = (local, normal)
         return found
 
     def _local_queue(self, key: str) -> _LocalQueue:
@@ -485,7 +484,9 @@ class RedisLayer(ChannelLayer):
         return item[1], message
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
-        _, normal_keys, queues = self._selector(channels)
+        local_keys, normal_keys = self._selector(channels)
+        # looked up on every call: an idle prefix's queue is dropped (see _read_loop)
+        queues = tuple(map(self._local_queue, local_keys)) if local_keys else ()
         await self._enter()
         while True:
             try:
@@ -642,9 +643,16 @@ class RedisLayer(ChannelLayer):
         try:
             while True:
                 stale = trio.current_time() - LINGER
-                for queue in reader.queues.values():
-                    if queue.buffer and not queue.waiters and queue.touched <= stale:
+                for queue in list(reader.queues.values()):
+                    if queue.waiters or queue.touched > stale:
+                        continue
+                    if queue.buffer:
                         await self._push_back(node, queue)
+                    if not queue.buffer and not queue.waiters:
+                        # Forget a prefix nobody reads: a process that receives on many
+                        # short-lived prefixes keeps no state for each (no leak).
+                        del reader.queues[queue.key]
+                        self._local.pop(queue.key, None)
                 active = [queue for queue in reader.queues.values() if queue.waiters]
                 if not active:
                     reader.demand = trio.Event()
@@ -778,7 +786,10 @@ class RedisLayer(ChannelLayer):
             connection.abort()
 
     async def receive_nowait(self, *channels: str) -> tuple[str, Message] | None:
-        local_keys, normal_keys, queues = self._selector(channels)
+        local_keys, normal_keys = self._selector(channels)
+        # only buffers that exist: a non-blocking look creates no per-prefix state
+        local = self._local
+        queues = tuple(local[key] for key in local_keys if key in local)
         await self._enter()
         while True:
             item = self._take_local(queues) if queues else None
