@@ -184,8 +184,19 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
             await layer.send_group("bench-group", MESSAGE)
             await done.wait()
             elapsed = time.perf_counter() - start
+
+        # the same broadcast read by one task (a server's receive loop)
+        start = time.perf_counter()
+        await layer.send_group("bench-group", MESSAGE)
+        for _ in range(members):
+            await layer.receive("bench.g!")
+        one_task = time.perf_counter() - start
         await layer.flush()
-        return {"group_ms": elapsed * 1000, "group_add_s": add_seconds}
+        return {
+            "group_ms": elapsed * 1000,
+            "group_one_task_ms": one_task * 1000,
+            "group_add_s": add_seconds,
+        }
 
 
 # ------------------------------------------------------------------------ peers
@@ -246,10 +257,11 @@ def bench_redis(runs: int = RUNS) -> None:
             for members in (1000, 10_000):
                 result = measure("group", trio.run, csp_group, group_url, members)
                 add(f"csp.group{members}", result["group_ms"])
+                add(f"csp.group_one{members}", result["group_one_task_ms"])
                 add(f"csp.group_add{members}", result["group_add_s"] * 1000)
             for kind in ("core", "pubsub"):
                 peer = measure(kind, peer_figures, port, kind)
-                for key in ("sequential", "pairs10", "pairs50", "group_ms"):
+                for key in ("sequential", "pairs10", "pairs50", "group_ms", "group_one_task_ms"):
                     add(f"{kind}.{key}", peer[key])
                 add(f"{kind}.group_add", peer["group_add_s"] * 1000)
     finally:
@@ -277,6 +289,12 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
         )
     for label, ours, core, pubsub in (
         ("send_group 1,000: ms to all", "csp.group1000", "core.group_ms", "pubsub.group_ms"),
+        (
+            "  same, read by one task: ms",
+            "csp.group_one1000",
+            "core.group_one_task_ms",
+            "pubsub.group_one_task_ms",
+        ),
         ("1,000 group_add calls: ms", "csp.group_add1000", "core.group_add", "pubsub.group_add"),
     ):
         print(
@@ -285,6 +303,7 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
             f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (faster)"
         )
     print(f"{'send_group 10,000: ms to all':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
+    print(f"{'  same, read by one task: ms':<34}{_cell(figures['csp.group_one10000'], ' ms'):>24}")
     print(f"{'10,000 group_add calls: ms':<34}{_cell(figures['csp.group_add10000'], ' ms'):>24}")
     print("\n-- csp-bus pairs by channel kind (msg/s) and the redis-benchmark ceiling")
     print(f"{'redis-benchmark -c 50 -P 1 LPUSH':<34}{_cell(figures['ceiling']):>24} req/s")
