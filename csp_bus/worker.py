@@ -63,6 +63,8 @@ DEFAULT_GRACE = 30.0
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
 _RETRIES_KEY = "__retries__"
+_FAILURE_LOGS = 10
+_FAILURE_WINDOW = 60.0
 _OUTAGE_FIRST = 0.05
 _OUTAGE_MAX = 2.0
 
@@ -309,6 +311,8 @@ class Worker:
         self.stats = WorkerStats()
         self._unmatched: set[str] = set()
         self._is_async: dict[Any, bool] = {}
+        # route label -> [window end, tracebacks logged, failures not logged]
+        self._failure_windows: dict[str, list[Any]] = {}
         self._stop_requests = 0
         self._stopping: trio.Event | None = None
         self._receive_scopes: set[trio.CancelScope] = set()
@@ -452,14 +456,36 @@ class Worker:
             raise
         except Exception:
             self.stats.failed += 1
-            logger.exception(
-                "consumer failed on channel %r (route %s, reply_channel %r)",
-                channel,
-                match.route,
-                content.get("reply_channel"),
-            )
+            if self._failure_log_allowed(match.route):
+                logger.exception(
+                    "consumer failed on channel %r (route %s, reply_channel %r)",
+                    channel,
+                    match.route,
+                    content.get("reply_channel"),
+                )
         finally:
             self.stats.running -= 1
+
+    def _failure_log_allowed(self, route: str) -> bool:
+        """At most ``_FAILURE_LOGS`` tracebacks per route per ``_FAILURE_WINDOW`` seconds:
+        a consumer failing on every message must not flood the logs (the predecessor's
+        logs did, channels_redis#181). The rest are counted and summarised."""
+        now = trio.current_time()
+        window = self._failure_windows.get(route)
+        if window is None or now >= window[0]:
+            if window is not None and window[2]:
+                logger.error(
+                    "route %s: %d more consumer failure(s) in the last %g s were not logged",
+                    route,
+                    window[2],
+                    _FAILURE_WINDOW,
+                )
+            window = self._failure_windows[route] = [now + _FAILURE_WINDOW, 0, 0]
+        if window[1] < _FAILURE_LOGS:
+            window[1] += 1
+            return True
+        window[2] += 1
+        return False
 
     async def _requeue(
         self,

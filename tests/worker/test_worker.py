@@ -384,3 +384,28 @@ async def test_a_hidden_async_consumer_is_reported(
             await until(lambda: worker.stats.failed >= 1)
         worker.stop()
     assert any("returned a coroutine" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+async def test_failure_logs_are_rate_limited_per_route(
+    layer: MemoryLayer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csp_bus.worker
+
+    monkeypatch.setattr(csp_bus.worker, "_FAILURE_WINDOW", 2.0)  # the real one is 60 s
+
+    def broken(message: Message) -> None:
+        raise RuntimeError("again")
+
+    async with trio.open_nursery() as nursery:
+        worker = await nursery.start(run_workers, layer, [route("bad", broken)])
+        with caplog.at_level(logging.ERROR, logger="csp_bus.worker"):
+            for _ in range(25):
+                await layer.send("bad", {})
+            await until(lambda: worker.stats.failed >= 25)
+            await trio.sleep(2.1)
+            await layer.send("bad", {})
+            await until(lambda: worker.stats.failed >= 26)
+        worker.stop()
+    tracebacks = [r for r in caplog.records if "consumer failed" in r.getMessage()]
+    assert len(tracebacks) == 11  # 10 in the first window, 1 in the next
+    assert any("15 more consumer failure(s)" in r.getMessage() for r in caplog.records)
