@@ -12,7 +12,8 @@ name and hands each message to its consumer (DESIGN.md section 6):
   ``trio.to_thread.run_sync``); an ``async def`` consumer runs on the worker's Trio
   loop and occupies its lane too.
 * **Contained.** A consumer's exception is logged with the channel, the route and the
-  traceback; the worker carries on. A message no route matches is logged (once per
+  traceback (at most 10 per route per minute, the rest summarised); the worker carries
+  on. A message no route matches is logged (once per
   channel, then at DEBUG) and dropped.
 * **ConsumeLater.** A consumer raising :class:`~csp_bus.consumers.ConsumeLater` gets its
   message sent back to the same channel after a backoff (1 ms doubling to 100 ms) with
