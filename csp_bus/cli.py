@@ -22,7 +22,7 @@ from typing import Any
 from .errors import BusError, UsageError
 from .sync import connect, default_url
 
-__all__ = ["build_parser", "from_json", "main", "to_json"]
+__all__ = ["CommandError", "add_common_options", "build_parser", "from_json", "main", "to_json"]
 
 _BYTES_KEY = "$bytes"
 
@@ -125,7 +125,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--layer URL`` and ``--debug``, which every command takes (for modules that
+    register their own command)."""
     parser.add_argument(
         "--layer",
         default=default_url(),
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="when the channel is full, wait up to SECONDS for room instead of failing",
     )
-    _common(send)
+    add_common_options(send)
     send.set_defaults(func=_cmd_send)
 
     receive = commands.add_parser(
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop when no message arrives for SECONDS (exit 1 if --count was not reached)",
     )
-    _common(receive)
+    add_common_options(receive)
     receive.set_defaults(func=_cmd_receive)
 
     stats = commands.add_parser(
@@ -190,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with CHANNEL, that channel's depth, age and capacity.",
     )
     stats.add_argument("channel", nargs="?", metavar="CHANNEL")
-    _common(stats)
+    add_common_options(stats)
     stats.set_defaults(func=_cmd_stats)
 
     # Commands defined by other modules register themselves here.

@@ -418,7 +418,7 @@ def _cmd_delay(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``csp-bus delay`` to the CLI."""
-    from .cli import _common
+    from .cli import add_common_options
 
     parser = subparsers.add_parser(
         "delay",
@@ -434,5 +434,5 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help=f"tries (1 s apart) when the target channel is full (default {DEFAULT_ATTEMPTS})",
     )
-    _common(parser)
+    add_common_options(parser)
     parser.set_defaults(func=_cmd_delay)

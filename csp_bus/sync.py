@@ -57,6 +57,11 @@ class SyncLayer:
         self._token = token
 
     def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await function(*args)`` on the layer's Trio thread and return its result.
+
+        Every blocking method goes through here, so a subclass may override it to carry
+        the calls another way (the worker hands them to the task already waiting for
+        its consumer thread, saving a wake-up of the Trio loop)."""
         if _in_trio_thread(self._token):
             raise UsageError(
                 "csp_bus.sync blocks, so it cannot run on the Trio thread that owns the "

@@ -637,7 +637,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``csp-bus worker`` to the CLI."""
-    from .cli import _common
+    from .cli import add_common_options
 
     parser = subparsers.add_parser(
         "worker",
@@ -683,5 +683,5 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help=f"on SIGTERM, how long running consumers may finish (default {DEFAULT_GRACE:g})",
     )
-    _common(parser)
+    add_common_options(parser)
     parser.set_defaults(func=_cmd_worker)

@@ -282,7 +282,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``csp-bus serve`` to the CLI."""
-    from ..cli import _common
+    from ..cli import add_common_options
 
     parser = subparsers.add_parser(
         "serve",
@@ -384,5 +384,5 @@ def register(subparsers: Any) -> None:
     runtime.add_argument(
         "--reload", action="store_true", help="restart when a .py file changes (development)"
     )
-    _common(parser)
+    add_common_options(parser)
     parser.set_defaults(func=_cmd_serve)
