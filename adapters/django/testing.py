@@ -225,11 +225,14 @@ class HttpClient:
             if got is None:
                 if errors:
                     raise errors[0]
-                if not thread.is_alive() and self.bus.receive_nowait(prefix) is None:
+                if thread.is_alive():
+                    continue
+                # The consumer is done: whatever it sent is on the layer by now.
+                got = self.bus.receive_nowait(prefix)
+                if got is None:
                     raise AssertionError(
                         f"the consumer finished without completing a response: {messages}"
                     )
-                continue
             messages.append(got[1])
             if not got[1].get("more_content"):
                 break
