@@ -11,10 +11,18 @@ Method:
   connections, one command in flight on each;
 * every figure 3 times; medians with the range; ratios of medians.
 
-Figures: sequential send+receive pairs/s; N producer/consumer pairs (each consumer reads
-its own reply channel: ``new_channel()`` for channels_redis, a ``new_channel("b.i!")``
-prefix per pair for csp-bus) in messages/s; send_group to 1,000 members, from the call
-until every member's waiting receive returned; the 1,000 ``group_add`` calls.
+Figures: sequential send+receive pairs/s (csp-bus on a plain channel, a queue: two
+round trips; channels_redis on its ``new_channel()``); N producer/consumer pairs (each
+consumer reads its own reply channel: ``new_channel()`` for channels_redis, a
+``new_channel("b.i!")`` prefix per pair for csp-bus; csp-bus also with plain channels and
+with the interface-server pattern) in messages/s; send_group to 1,000 members, from the
+call until every member's waiting receive returned, and read by one task; the 1,000
+``group_add`` calls; csp-bus alone: the same with 10,000 members.
+
+Setup (the peers' venv is created on first use; by hand it is)::
+
+    python -m venv bench/.peers/venv
+    bench/.peers/venv/bin/pip install channels==4.3.2 channels_redis==4.3.0
 """
 
 from __future__ import annotations
