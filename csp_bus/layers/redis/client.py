@@ -597,7 +597,11 @@ class RedisNode:
                 return mux
             connection = await self._connect()
             mux = self._mux = Multiplexer(connection)
-            await self._nursery.start(mux.run)
+            try:
+                await self._nursery.start(mux.run)
+            except RuntimeError as exc:  # the owner's nursery is closing
+                await connection.aclose()
+                raise LayerUnavailable(f"the pool for Redis at {self.name} is closed") from exc
             return mux
 
     def reset(self) -> None:
