@@ -112,6 +112,25 @@ class UpgradeRequest:
 UpgradeHandler = Callable[[UpgradeRequest], Awaitable[None]]
 
 
+_IDLE_PHASE = 0  # between requests: expiry closes quietly
+_HEAD_PHASE = 1  # part of a request head received: expiry answers 408
+_BUSY_PHASE = 2  # no deadline
+_FAST_WAIT_PHASE = 3  # waiting for the response without a watcher: expiry resumes
+_WRITE_PHASE = 4  # writing: expiry means the client stopped reading
+
+
+@dataclass(eq=False)
+class _Cycle:
+    """Per-connection state the rolling timer's expiry is interpreted with."""
+
+    timer: trio.CancelScope = field(default_factory=trio.CancelScope)
+    phase: int = _IDLE_PHASE
+    first: bool = True
+    reply: ReplyChannel | None = None
+    head: RequestHead | None = None
+    pending: tuple[RequestHead, _Progress, float] | None = None
+
+
 @dataclass(slots=True)
 class _Progress:
     """How far one response got (for the access log and connection reuse)."""
@@ -154,37 +173,78 @@ class HTTPFront:
         proto = HTTPServerProtocol(
             max_header_size=config.max_header_size, max_body_size=config.max_body_size
         )
-        reply: ReplyChannel | None = None
+        cycle = _Cycle()
         try:
-            first = True
             while True:
-                head = await self._read_head(stream, conn, proto, first)
-                first = False
-                if head is None:
+                # One rolling timer per connection: each phase moves its deadline (cheap)
+                # instead of entering a cancel scope per wait. Expiry is terminal for the
+                # connection except during the fast wait, which resumes below.
+                with trio.CancelScope() as timer:
+                    cycle.timer = timer
+                    if cycle.pending is not None:
+                        head, state, deadline = cycle.pending
+                        cycle.pending = None
+                        ok = await self._respond_watching(
+                            stream, conn, proto, head, cycle, None, 0, state, deadline
+                        )
+                        if not await self._next_cycle(stream, proto, ok):
+                            return
+                    await self._serve_connection(stream, conn, proto, cycle)
                     return
-                if head.upgrade is not None and head.upgrade in self.upgrade_handlers:
-                    await self._upgrade(stream, conn, proto, head)
-                    return
-                if reply is None and self.dispatcher is not None:
-                    reply = self.dispatcher.open_channel()  # one per connection, made lazily
-                elif reply is not None:
-                    # Anything that arrived between requests answers no request (a late
-                    # send_group to a long-poll group the connection is still in): drop it,
-                    # or it would be taken for this request's response.
-                    try:
-                        while reply.receive_nowait() is not None:
-                            logger.debug("%s: dropped a message sent between requests", reply.name)
-                    except ReplyOverrun:
-                        return
-                if not await self._serve_request(stream, conn, proto, head, reply):
+                if cycle.phase == _FAST_WAIT_PHASE:
+                    continue  # no response yet: keep waiting with a task watching the client
+                if cycle.phase == _HEAD_PHASE:  # part of a request: RFC 9110 15.5.9
+                    await self._send_error(stream, proto, 408, conn, None)
                     await _linger_close(stream, proto)
-                    return
-                if self.runtime.stopping.is_set():
-                    return
-                proto.start_next_cycle()
+                elif cycle.phase == _WRITE_PHASE and cycle.head is not None:
+                    await self._disconnected(cycle, cycle.head)  # it stopped reading
+                return  # idle keep-alive connection timed out: just close
         finally:
-            if reply is not None:
-                reply.close()
+            if cycle.reply is not None:
+                cycle.reply.close()
+
+    async def _next_cycle(
+        self, stream: trio.abc.Stream, proto: HTTPServerProtocol, ok: bool
+    ) -> bool:
+        """After a response: True when the connection goes on to the next request."""
+        if not ok:
+            await _linger_close(stream, proto)
+            return False
+        if self.runtime.stopping.is_set():
+            return False
+        proto.start_next_cycle()
+        return True
+
+    async def _serve_connection(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        cycle: _Cycle,
+    ) -> None:
+        while True:
+            head = await self._read_head(stream, conn, proto, cycle)
+            if head is None:
+                return
+            cycle.head = head
+            if head.upgrade is not None and head.upgrade in self.upgrade_handlers:
+                await self._upgrade(stream, conn, proto, head)
+                return
+            reply = cycle.reply
+            if reply is None and self.dispatcher is not None:
+                reply = cycle.reply = self.dispatcher.open_channel()  # made lazily
+            elif reply is not None:
+                # Anything that arrived between requests answers no request (a late
+                # send_group to a long-poll group the connection is still in): drop it,
+                # or it would be taken for this request's response.
+                try:
+                    while reply.receive_nowait() is not None:
+                        logger.debug("%s: dropped a message sent between requests", reply.name)
+                except ReplyOverrun:
+                    return
+            ok = await self._serve_request(stream, conn, proto, head, cycle)
+            if not await self._next_cycle(stream, proto, ok):
+                return
 
     async def _receive(self, stream: trio.abc.Stream) -> bytes:
         try:
@@ -197,43 +257,48 @@ class HTTPFront:
         stream: trio.abc.Stream,
         conn: Connection,
         proto: HTTPServerProtocol,
-        first: bool,
+        cycle: _Cycle,
     ) -> RequestHead | None:
-        """The next request head; ``None`` when the connection should just close."""
+        """The next request head; ``None`` when the connection should just close. A
+        timeout leaves through ``cycle.timer`` (handled by :meth:`handle_connection`)."""
         config = self.config
+        timer = cycle.timer
         started = proto.buffered > 0
-        timeout = config.header_timeout if (first or started) else config.keep_alive_timeout
-        with trio.move_on_after(timeout) as scope:
-            if not started:
-                conn.set_idle(True, self.runtime)
-            try:
-                while True:
-                    try:
-                        event = proto.next_event()
-                    except HTTPProtocolError as exc:
-                        conn.set_idle(False, self.runtime)
-                        await self._send_error(stream, proto, exc.status, conn, None)
-                        await _linger_close(stream, proto)
-                        return None
-                    if type(event) is RequestHead:
-                        conn.set_idle(False, self.runtime)
-                        return event
-                    if type(event) is ClientClosed or event is PAUSED:
-                        return None
-                    data = await self._receive(stream)
-                    if data and not started:
-                        started = True
-                        conn.set_idle(False, self.runtime)
-                        scope.deadline = trio.current_time() + config.header_timeout
-                    proto.receive_data(data)
-            finally:
-                conn.idle = False
-        # Timed out. Between requests that is the idle keep-alive timeout: just close.
-        # With part of a request received, answer 408 (RFC 9110 15.5.9).
-        if started:
-            await self._send_error(stream, proto, 408, conn, None)
-            await _linger_close(stream, proto)
-        return None
+        now = trio.current_time()
+        if started or cycle.first:
+            cycle.phase = _HEAD_PHASE if started else _IDLE_PHASE
+            timer.deadline = now + config.header_timeout
+        else:
+            cycle.phase = _IDLE_PHASE
+            timer.deadline = now + config.keep_alive_timeout
+        cycle.first = False
+        if not started:
+            conn.set_idle(True, self.runtime)
+        try:
+            while True:
+                try:
+                    event = proto.next_event()
+                except HTTPProtocolError as exc:
+                    timer.deadline = math.inf
+                    conn.set_idle(False, self.runtime)
+                    await self._send_error(stream, proto, exc.status, conn, None)
+                    await _linger_close(stream, proto)
+                    return None
+                if type(event) is RequestHead:
+                    timer.deadline = math.inf
+                    cycle.phase = _BUSY_PHASE
+                    return event
+                if type(event) is ClientClosed or event is PAUSED:
+                    return None
+                data = await self._receive(stream)
+                if data and not started:
+                    started = True
+                    conn.set_idle(False, self.runtime)
+                    cycle.phase = _HEAD_PHASE
+                    timer.deadline = trio.current_time() + config.header_timeout
+                proto.receive_data(data)
+        finally:
+            conn.idle = False
 
     async def _send_error(
         self,
@@ -312,9 +377,10 @@ class HTTPFront:
         conn: Connection,
         proto: HTTPServerProtocol,
         head: RequestHead,
-        reply: ReplyChannel | None,
+        cycle: _Cycle,
     ) -> bool:
         """Serve one request; True when the connection may carry another."""
+        reply = cycle.reply
         if self.config.static:
             mount = find_static(self.config.static, head.path)
             if mount is not None:
@@ -362,7 +428,7 @@ class HTTPFront:
             await self._send_error(stream, proto, 503, conn, head)
             return False
         del message, body  # a long-poll holds this frame: keep it small
-        return await self._respond(stream, conn, proto, head, reply, body_channel, chunk_size)
+        return await self._respond(stream, conn, proto, head, cycle, body_channel, chunk_size)
 
     async def _read_body(
         self,
@@ -447,48 +513,67 @@ class HTTPFront:
         conn: Connection,
         proto: HTTPServerProtocol,
         head: RequestHead,
-        reply: ReplyChannel,
+        cycle: _Cycle,
         body_channel: str | None,
         chunk_size: int,
     ) -> bool:
-        """Wait for the response on ``reply`` and write it; True when the connection
-        may serve another request."""
+        """Wait for the response on the reply channel and write it; True when the
+        connection may serve another request."""
         config = self.config
+        reply = cycle.reply
+        assert reply is not None
         timeout = math.inf if config.is_long_poll(head.path) else config.response_timeout
         deadline = trio.current_time() + timeout
         state = _Progress(close=body_channel is not None)
         if body_channel is None:
             # Fast path: most responses come within milliseconds, so the first message
-            # is awaited without a task watching the client. A client that leaves
-            # meanwhile is noticed when the watch starts, at most _FAST_WAIT later.
-            message = None
-            written = False
-            with trio.CancelScope(deadline=min(deadline, trio.current_time() + _FAST_WAIT)) as wait:
-                try:
-                    message = await reply.receive()
-                except ReplyOverrun:
+            # is awaited without a task watching the client. If none comes within
+            # _FAST_WAIT, the rolling timer fires and handle_connection resumes with
+            # _respond_watching: a client that leaves is noticed at most that late.
+            timer = cycle.timer
+            cycle.phase = _FAST_WAIT_PHASE
+            cycle.pending = (head, state, deadline)
+            timer.deadline = min(deadline, trio.current_time() + _FAST_WAIT)
+            try:
+                message = await reply.receive()
+            except ReplyOverrun:
+                return False
+            cycle.pending = None
+            # The timer now bounds the write: a client that stops reading is cut off.
+            cycle.phase = _WRITE_PHASE
+            timer.deadline = trio.current_time() + config.body_timeout
+            try:
+                if not await self._write(stream, proto, head, message, state, conn, bounded=False):
                     return False
-                # The same scope now bounds the write: a client that stops reading.
-                wait.deadline = trio.current_time() + config.body_timeout
-                try:
-                    if not await self._write(
-                        stream, proto, head, message, state, conn, bounded=False
-                    ):
-                        return False
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._disconnected(reply, head)
-                    return False
-                written = True
-            if message is not None:
-                if not written:  # cancelled mid-write: the connection is unusable
-                    await self._disconnected(reply, head)
-                    return False
-                if proto.response_done:
-                    self._log(conn, head, state.status, state.sent)
-                    return proto.keep_alive
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._disconnected(cycle, head)
+                return False
+            timer.deadline = math.inf
+            cycle.phase = _BUSY_PHASE
+            if proto.response_done:
+                self._log(conn, head, state.status, state.sent)
+                return proto.keep_alive
+        return await self._respond_watching(
+            stream, conn, proto, head, cycle, body_channel, chunk_size, state, deadline
+        )
 
-        # One extra task reads (the rest of the body, then only to notice the client
-        # leaving); this task writes. Either ends the other through the nursery's scope.
+    async def _respond_watching(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        proto: HTTPServerProtocol,
+        head: RequestHead,
+        cycle: _Cycle,
+        body_channel: str | None,
+        chunk_size: int,
+        state: _Progress,
+        deadline: float,
+    ) -> bool:
+        """The response (or its rest) while a second task reads: the rest of the body,
+        then only to notice the client leaving. Either task ends the other."""
+        reply = cycle.reply
+        assert reply is not None
+
         async def reader(cancel: trio.CancelScope) -> None:
             if body_channel is not None:
                 try:
@@ -530,7 +615,7 @@ class HTTPFront:
                 pass
             nursery.cancel_scope.cancel()
         if state.gone and not proto.response_done:
-            await self._disconnected(reply, head)
+            await self._disconnected(cycle, head)
         if state.status:
             self._log(conn, head, state.status, state.sent)
         if not proto.response_done or state.failed:
@@ -577,8 +662,10 @@ class HTTPFront:
             await stream.send_all(data)
         return True
 
-    async def _disconnected(self, reply: ReplyChannel, head: RequestHead) -> None:
-        message: Message = {"reply_channel": reply.name, "path": head.path}
+    async def _disconnected(self, cycle: _Cycle, head: RequestHead) -> None:
+        if cycle.reply is None:
+            return
+        message: Message = {"reply_channel": cycle.reply.name, "path": head.path}
         try:
             with trio.CancelScope(shield=True):
                 await self.runtime.layer.send(self.disconnect_channel, message)
