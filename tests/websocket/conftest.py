@@ -75,6 +75,7 @@ async def start(
     layer_url: str = "memory://",
     channels: tuple[str, ...] = CHANNELS,
     server: ServerConfig | None = None,
+    http: HTTPConfig | None = None,
 ) -> WSServer:
     """A layer, a server with the websocket adapter, and (unless ``app`` is None) a
     task receiving ``channels`` and running ``app`` for each message, in order."""
@@ -94,7 +95,7 @@ async def start(
             layer,
             server or ServerConfig(binds=(("127.0.0.1", 0),), graceful_timeout=5),
             [
-                (http_adapter, HTTPConfig(serve_requests=False)),
+                (http_adapter, http or HTTPConfig(serve_requests=False)),
                 (ws_adapter, ws or WebSocketServerConfig()),
             ],
             access_log=AccessLog(log),

@@ -24,6 +24,7 @@ from wsproto.events import (
 )
 
 WSServer = Any  # the conftest's server handle (test folders are not packages)
+CHANNELS_ALL = ("websocket.connect", "websocket.receive", "websocket.disconnect")
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:
@@ -550,3 +551,32 @@ async def test_one_message_bigger_than_the_send_buffer_goes_through(
             return len(ws.recv(timeout=10))
 
     assert await in_thread(client) == 800_000
+
+
+async def test_http_and_websocket_share_the_port(
+    serve: Any, nursery: trio.Nursery, raw: Any, echo: Any
+) -> None:
+    from csp_bus.adapters.http import HTTPConfig
+
+    async def app(server: WSServer, channel: str, message: dict[str, Any]) -> None:
+        if channel == "http.request":
+            await server.layer.send(
+                message["reply_channel"], {"status": 200, "headers": [], "content": b"plain"}
+            )
+        else:
+            await echo(server, channel, message)
+
+    server = await serve(nursery, app, http=HTTPConfig(), channels=("http.request", *CHANNELS_ALL))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(4096):
+            received += chunk
+    await stream.aclose()
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"plain")
+    client, event = await raw.connect(server.port, "/ws/")
+    assert isinstance(event, AcceptConnection)
+    await client.send(TextMessage(data="same port"))
+    assert await client.events(1) == [TextMessage(data="same port")]
+    await client.aclose()
