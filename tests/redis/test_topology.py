@@ -140,10 +140,12 @@ def sentinel_cli(port: int, *args: str) -> str:
 
 async def test_sentinel_failover_is_followed(redis_servers: Any, tmp_path: Path) -> None:
     """The master dies; the Sentinel promotes the replica; the layer finds it."""
-    master = redis_servers.start()
+    master = redis_servers.start("--repl-diskless-sync-delay", "0")
     replica = redis_servers.start("--replicaof", "127.0.0.1", str(master.port))
     sentinel, sentinel_port = start_sentinel(tmp_path, master.port)
     try:
+        # the replica is in sync first (Redis 7 delays a diskless sync by default)
+        await wait_until(lambda: b"master_link_status:up" in replica.cli("INFO", "replication"), 15)
         # wait until the sentinel knows the replica (it must have one to fail over to)
         await wait_until(
             lambda: "slave" in sentinel_cli(sentinel_port, "SENTINEL", "REPLICAS", "mymaster"), 15
@@ -184,10 +186,12 @@ async def test_sentinel_manual_failover_switches_at_once(
 ) -> None:
     """SENTINEL FAILOVER with the old master still up: the layer hears +switch-master
     and moves to the new master without waiting for the old one to be demoted."""
-    master = redis_servers.start()
+    master = redis_servers.start("--repl-diskless-sync-delay", "0")
     replica = redis_servers.start("--replicaof", "127.0.0.1", str(master.port))
     sentinel, sentinel_port = start_sentinel(tmp_path, master.port)
     try:
+        # the replica is in sync first (Redis 7 delays a diskless sync by default)
+        await wait_until(lambda: b"master_link_status:up" in replica.cli("INFO", "replication"), 15)
         await wait_until(
             lambda: "slave" in sentinel_cli(sentinel_port, "SENTINEL", "REPLICAS", "mymaster"), 15
         )
