@@ -129,6 +129,8 @@ class _Cycle:
     reply: ReplyChannel | None = None
     head: RequestHead | None = None
     pending: tuple[RequestHead, _Progress, float] | None = None
+    early: Message | None = None
+    ready: RequestHead | None = None
 
 
 @dataclass(slots=True)
@@ -183,16 +185,16 @@ class HTTPFront:
                     cycle.timer = timer
                     if cycle.pending is not None:
                         head, state, deadline = cycle.pending
-                        cycle.pending = None
+                        early, cycle.pending, cycle.early = cycle.early, None, None
                         ok = await self._respond_watching(
-                            stream, conn, proto, head, cycle, None, 0, state, deadline
+                            stream, conn, proto, head, cycle, None, 0, state, deadline, early
                         )
                         if not await self._next_cycle(stream, proto, ok):
                             return
                     await self._serve_connection(stream, conn, proto, cycle)
                     return
-                if cycle.phase == _FAST_WAIT_PHASE:
-                    continue  # no response yet: keep waiting with a task watching the client
+                if cycle.phase == _FAST_WAIT_PHASE or cycle.ready is not None:
+                    continue  # resume: the response with a watcher task, or the ready head
                 if cycle.phase == _HEAD_PHASE:  # part of a request: RFC 9110 15.5.9
                     await self._send_error(stream, proto, 408, conn, None)
                     await _linger_close(stream, proto)
@@ -223,7 +225,9 @@ class HTTPFront:
         cycle: _Cycle,
     ) -> None:
         while True:
-            head = await self._read_head(stream, conn, proto, cycle)
+            head, cycle.ready = cycle.ready, None
+            if head is None:
+                head = await self._read_head(stream, conn, proto, cycle)
             if head is None:
                 return
             cycle.head = head
@@ -285,6 +289,11 @@ class HTTPFront:
                     await _linger_close(stream, proto)
                     return None
                 if type(event) is RequestHead:
+                    if timer.cancel_called:
+                        # The timer expired just as the head arrived: keep the head and
+                        # continue in a fresh timer (moving a deadline cannot un-cancel).
+                        cycle.ready = event
+                        await trio.lowlevel.checkpoint()  # raises Cancelled
                     timer.deadline = math.inf
                     cycle.phase = _BUSY_PHASE
                     return event
@@ -538,6 +547,12 @@ class HTTPFront:
                 message = await reply.receive()
             except ReplyOverrun:
                 return False
+            if timer.cancel_called:
+                # The deadline passed after the message was handed over but before this
+                # task ran: the timer is spent. Resume in handle_connection, which writes
+                # this message first (moving the deadline cannot un-cancel a scope).
+                cycle.early = message
+                await trio.lowlevel.checkpoint()  # raises Cancelled, phase FAST_WAIT
             cycle.pending = None
             # The timer now bounds the write: a client that stops reading is cut off.
             cycle.phase = _WRITE_PHASE
@@ -568,9 +583,11 @@ class HTTPFront:
         chunk_size: int,
         state: _Progress,
         deadline: float,
+        early: Message | None = None,
     ) -> bool:
         """The response (or its rest) while a second task reads: the rest of the body,
-        then only to notice the client leaving. Either task ends the other."""
+        then only to notice the client leaving. Either task ends the other. ``early``:
+        a first message already received."""
         reply = cycle.reply
         assert reply is not None
 
@@ -597,7 +614,9 @@ class HTTPFront:
             nursery.start_soon(reader, nursery.cancel_scope)
             try:
                 while not proto.response_done:
-                    if proto.response_started:
+                    if early is not None:
+                        message, early = early, None
+                    elif proto.response_started:
                         message = await reply.receive()
                     else:
                         found = None

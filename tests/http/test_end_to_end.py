@@ -6,6 +6,7 @@ answering on ``reply_channel`` (see conftest.py)."""
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import ssl
 from pathlib import Path
@@ -544,4 +545,52 @@ async def test_messages_between_requests_are_not_taken_for_the_next_response(
         # ...and is not the answer to its next request
         assert (await client.get(served.url + "/hello")).text == "hello"
     assert len({tuple(m["client"]) for m in served.requests}) == 1  # one connection
+    nursery.cancel_scope.cancel()
+
+
+async def test_slow_answers_keep_the_connection_alive(serve, nursery) -> None:
+    async def slow_then_fast(layer: Any, message: dict[str, Any]) -> None:
+        if message["path"] == "/slow":
+            await trio.sleep(0.7)  # past the fast wait: a watcher task takes over
+        await layer.send(message["reply_channel"], {"status": 200, "content": b"ok"})
+
+    served = await serve(nursery, slow_then_fast)
+    async with httpx.AsyncClient() as client:
+        for path in ("/slow", "/fast", "/slow", "/fast"):
+            response = await client.get(served.url + path)
+            assert response.text == "ok"
+    assert len({tuple(m["client"]) for m in served.requests}) == 1
+    nursery.cancel_scope.cancel()
+
+
+async def test_answers_arriving_at_the_fast_wait_deadline_are_not_lost(serve, nursery) -> None:
+    # Answers land around the 0.5 s mark where the rolling timer switches from the fast
+    # wait to a watcher task: whichever side of the deadline they fall on, each request
+    # gets its own 200 and the connection stays usable.
+    async def around_the_deadline(layer: Any, message: dict[str, Any]) -> None:
+        await trio.sleep(random.uniform(0.495, 0.505))
+        await layer.send_wait(message["reply_channel"], {"status": 200, "content": b"ok"})
+
+    served = await serve(nursery, around_the_deadline)
+    answered = 0
+
+    async def client() -> None:
+        nonlocal answered
+        stream = await trio.open_tcp_stream(served.host, served.port)
+        async with stream:
+            for _ in range(4):
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                data = b""
+                while not data.endswith(b"\r\n\r\nok"):
+                    chunk = await stream.receive_some(1000)
+                    assert chunk, "the server closed the connection"
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200 OK")
+                answered += 1
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            for _ in range(60):
+                clients.start_soon(client)
+    assert answered == 240
     nursery.cancel_scope.cancel()
