@@ -39,7 +39,8 @@ class ChannelLayer(abc.ABC):
 
     Use it as an async context manager (``async with open_layer(url) as layer``) or call
     :meth:`aclose` when done. All methods must be called from the Trio run the layer is
-    used in; threads go through :mod:`csp_bus.sync`.
+    used in (from any of its tasks: a layer may be opened in one task and closed in
+    another); threads go through :mod:`csp_bus.sync`.
     """
 
     #: URL schemes this class serves (``open_layer`` picks the class by scheme).
@@ -108,7 +109,9 @@ class ChannelLayer(abc.ABC):
         Each message goes to exactly one receive, at most once.
 
         Cancellation: if cancelled, no message was taken. Raises ``InvalidChannelName``,
-        ``ValueError`` (no channel given), ``LayerClosed``, ``LayerError``.
+        ``ValueError`` (no channel given), ``LayerClosed``, ``LayerError`` -- also while
+        waiting, when a shared backend drops (``LayerUnavailable``): no message was
+        taken then either, and the caller decides whether to retry.
         """
 
     @abc.abstractmethod
