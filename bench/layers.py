@@ -115,34 +115,38 @@ def run_trio(function: Callable[..., Awaitable[float]], *args: object) -> list[f
     return [trio.run(function, *args) for _ in range(RUNS)]
 
 
-def peer_inmemory(n: int) -> dict[str, list[float]]:
-    python = peer_python(["channels==4.3.2"])
-    results: dict[str, list[float]] = {"sequential": [], "producer_consumer": []}
-    for _ in range(RUNS):
-        out = subprocess.run(
-            [str(python), str(HERE / "peers" / "channels_inmemory.py"), str(n)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        figures = json.loads(out)
-        for key in results:
-            results[key].append(figures[key])
-    return results
+def peer_inmemory_once(python: Path, n: int) -> dict[str, float]:
+    out = subprocess.run(
+        [str(python), str(HERE / "peers" / "channels_inmemory.py"), str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(json.loads(out))
 
 
 def bench_memory(n: int) -> None:
     print(f"== memory:// vs Channels 4 InMemoryChannelLayer ({n:,} messages, {RUNS} runs)")
-    peer = peer_inmemory(n)
-    ours_seq = run_trio(memory_sequential, n)
-    ours_pc = run_trio(memory_producer_consumer, n)
+    python = peer_python(["channels==4.3.2"])
+    ours_seq: list[float] = []
+    ours_pc: list[float] = []
+    theirs_seq: list[float] = []
+    theirs_pc: list[float] = []
+    # Rounds alternate peer and csp-bus, so that noise on a shared machine hits both.
+    for _ in range(RUNS):
+        figures = peer_inmemory_once(python, n)
+        theirs_seq.append(figures["sequential"])
+        theirs_pc.append(figures["producer_consumer"])
+        ours_seq.append(trio.run(memory_sequential, n))
+        ours_pc.append(trio.run(memory_producer_consumer, n))
     print(f"{'figure (msg/s)':<40}{'csp-bus':>32}{'Channels':>32}{'ratio':>8}")
     for label, ours, theirs in (
-        ("sequential send+receive", ours_seq, peer["sequential"]),
-        ("1 producer || 1 consumer", ours_pc, peer["producer_consumer"]),
+        ("sequential send+receive", ours_seq, theirs_seq),
+        ("1 producer || 1 consumer", ours_pc, theirs_pc),
     ):
         ratio = statistics.median(ours) / statistics.median(theirs)
         print(f"{label:<40}{median_range(ours):>32}{median_range(theirs):>32}{ratio:>7.2f}x")
+    print(f"(load average before: {os.getloadavg()[0]:.2f})")
 
     print("\n== memory:// receive on many channels at once (send+receive pairs/s)")
     one = run_trio(memory_fan_in, n, 1, False)
