@@ -31,6 +31,10 @@ __all__ = ["register"]
 
 logger = logging.getLogger("csp_bus.server")
 
+#: WebSocket close code "service restart" (RFC 6455 registry), sent to clients when the
+#: server process stops on SIGHUP (what ``--reload`` sends) instead of SIGTERM/SIGINT.
+RESTART_CLOSE_CODE = 1012
+
 
 def _adapter_names(args: Sequence[str]) -> list[str]:
     names: list[str] = []
@@ -109,7 +113,9 @@ async def _serve_main(
     from ..layers import open_layer
 
     # Signals are caught from the start, so one arriving during start-up is not lost.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # SIGHUP means "restart" (sent by --reload): the same graceful stop, but WebSocket
+    # clients are told 1012 (service restart) instead of 1001 (going away).
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with open_layer(args.layer) as layer, trio.open_nursery() as nursery:
             worker = None
             if args.app is not None:
@@ -150,6 +156,8 @@ async def _serve_main(
                         nursery.cancel_scope.cancel()  # second signal: stop now
                     else:
                         logger.info("got %s: stopping gracefully", signal.Signals(signum).name)
+                        if signum == signal.SIGHUP:
+                            runtime.extensions["websocket.shutdown_code"] = RESTART_CLOSE_CODE
                         runtime.shutdown()
 
 
@@ -186,6 +194,7 @@ def _run_workers(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # restart: WebSocket clients get 1012
     worst = 0
     while children:
         try:
@@ -241,7 +250,8 @@ def _run_reloading(args: argparse.Namespace) -> int:
                 print("csp-bus serve: change detected, restarting", file=sys.stderr, flush=True)
                 break
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+            # SIGHUP asks for a restart (WebSocket clients get 1012), SIGTERM for a stop (1001).
+            child.send_signal(signal.SIGHUP if changed and not stop else signal.SIGTERM)
             try:
                 child.wait(timeout=max(5.0, args.graceful_timeout + 1))
             except subprocess.TimeoutExpired:
