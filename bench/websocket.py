@@ -31,7 +31,8 @@ off); ``--runs`` runs (default 3), median (min-max); ratios compare medians of t
 "srv CPU" is the server's CPU use during the runs (1.00 = its core saturated), "foreign"
 the CPU other processes used meanwhile (cores): the machine is shared, so a busy window
 lowers every figure; before each window the script waits (up to 20 s) for the machine to
-be quiet. Peers run from their own virtualenv (bench/_peers.py).
+be quiet. Peers run from their own virtualenv (bench/_peers.py). Figures measured so far,
+with profiles of where the time and the memory go: bench/peers/ws_results.md.
 """
 
 from __future__ import annotations
