@@ -18,7 +18,7 @@ from csp_bus.server.adapter import Adapter
 from csp_bus.server.config import ServerConfig
 from csp_bus.server.runtime import ServerRuntime
 
-from .server import HTTPConfig, HTTPFront, UpgradeHandler, UpgradeRequest, front
+from .server import HTTPConfig, HTTPFront, UpgradeHandler, UpgradeRequest, front, linger_close
 from .static import parse_mount
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "UpgradeRequest",
     "adapter",
     "front",
+    "linger_close",
 ]
 
 

@@ -39,7 +39,14 @@ from .protocol import (
 )
 from .static import BLOCK, StaticMount, find_static, not_modified, open_static
 
-__all__ = ["HTTPConfig", "HTTPFront", "UpgradeHandler", "UpgradeRequest", "front"]
+__all__ = [
+    "HTTPConfig",
+    "HTTPFront",
+    "UpgradeHandler",
+    "UpgradeRequest",
+    "front",
+    "linger_close",
+]
 
 logger = logging.getLogger("csp_bus.adapters.http")
 
@@ -197,7 +204,7 @@ class HTTPFront:
                     continue  # resume: the response with a watcher task, or the ready head
                 if cycle.phase == _HEAD_PHASE:  # part of a request: RFC 9110 15.5.9
                     await self._send_error(stream, proto, 408, conn, None)
-                    await _linger_close(stream, proto)
+                    await linger_close(stream)
                 elif cycle.phase == _WRITE_PHASE and cycle.head is not None:
                     await self._disconnected(cycle, cycle.head)  # it stopped reading
                 return  # idle keep-alive connection timed out: just close
@@ -210,7 +217,7 @@ class HTTPFront:
     ) -> bool:
         """After a response: True when the connection goes on to the next request."""
         if not ok:
-            await _linger_close(stream, proto)
+            await linger_close(stream)
             return False
         if self.runtime.stopping.is_set():
             return False
@@ -286,7 +293,7 @@ class HTTPFront:
                     timer.deadline = math.inf
                     conn.set_idle(False, self.runtime)
                     await self._send_error(stream, proto, exc.status, conn, None)
-                    await _linger_close(stream, proto)
+                    await linger_close(stream)
                     return None
                 if type(event) is RequestHead:
                     if timer.cancel_called:
@@ -813,12 +820,16 @@ class HTTPFront:
         return proto.keep_alive
 
 
-async def _linger_close(stream: trio.abc.Stream, proto: HTTPServerProtocol) -> None:
-    """Half-close, then drain what the client still sends for a moment.
+async def linger_close(stream: trio.abc.Stream) -> None:
+    """End a connection gracefully: half-close, then drain what the client still sends.
 
     Closing a socket with unread input makes the kernel send RST, which can destroy the
-    error response still on its way (RFC 9112 9.6 "tear-down"). Only TCP can half-close;
-    TLS streams send close_notify instead.
+    last bytes still on their way: an HTTP error response (RFC 9112 9.6 "tear-down"), a
+    WebSocket Close frame (RFC 6455 7.1.1: the server closes the TCP connection first).
+    So a TCP stream sends FIN and reads (discarding) until the client closes too, for at
+    most one second; TLS streams cannot half-close and send close_notify instead. Errors
+    of a connection already gone are ignored. An upgrade handler may await it as its
+    last step; the runtime closes the stream afterwards either way.
     """
     with trio.move_on_after(_LINGER):
         try:

@@ -42,7 +42,7 @@ from csp_bus.server.config import ServerConfig
 from csp_bus.server.dispatcher import ReplyChannel, ReplyDispatcher, ReplyOverrun
 from csp_bus.server.runtime import ServerRuntime
 
-from ..http import UpgradeRequest, front
+from ..http import UpgradeRequest, front, linger_close
 from .protocol import (
     NEED_DATA,
     ConnectRequest,
@@ -60,9 +60,6 @@ __all__ = ["WebSocketAdapter", "WebSocketServerConfig", "adapter"]
 logger = logging.getLogger("csp_bus.adapters.websocket")
 
 _READ_SIZE = 64 * 1024
-#: after the last frame, how long a closing connection drains what the client still
-#: sends, so that the kernel does not reset the connection and destroy our Close frame
-_LINGER = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -443,7 +440,7 @@ class _Session:
             with trio.CancelScope(shield=True):
                 await self.handle_events(final=True)  # the owed websocket.disconnect
         if not self.broken:
-            await _linger_close(self.stream)
+            await linger_close(self.stream)  # our Close frame is not lost to a reset
 
     def log(self) -> None:
         access_log = self.server.runtime.access_log
@@ -455,22 +452,6 @@ class _Session:
             f"HTTP/{request.http_version.decode('latin-1')}"
         )
         access_log.log(self.upgrade.connection.client, line, self.status or 101, None)
-
-
-async def _linger_close(stream: trio.abc.Stream) -> None:
-    """Half-close, then drain what the client still sends for a moment, so that our
-    last frame is not destroyed by a TCP reset (RFC 6455 section 7.1.1: the server
-    closes the TCP connection first)."""
-    with trio.move_on_after(_LINGER):
-        try:
-            if isinstance(stream, trio.SocketStream):
-                await stream.send_eof()
-                while await stream.receive_some(_READ_SIZE):
-                    pass
-            else:
-                await stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
 
 
 class _Server:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from csp_bus.adapters.http import HTTPConfig, UpgradeRequest, front
+from csp_bus.adapters.http import HTTPConfig, UpgradeRequest, front, linger_close
 
 
 async def test_an_upgrade_handler_takes_over_the_connection(serve, nursery) -> None:
@@ -85,3 +85,34 @@ async def test_upgrade_only_servers_answer_plain_requests_404(serve, raw, nurser
     assert data.startswith(b"HTTP/1.1 404 Not Found")
     assert b"websocket" in data
     nursery.cancel_scope.cancel()
+
+
+async def test_linger_close_lets_the_last_bytes_arrive(serve, nursery) -> None:
+    """An upgrade handler ends with the public ``linger_close``: the client's unread
+    bytes do not turn the close into a reset that destroys what we sent last."""
+    last = b"x" * 200_000
+    finished = trio.Event()
+
+    async def goodbye(upgrade: UpgradeRequest) -> None:
+        await upgrade.stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: bye\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await upgrade.stream.send_all(last)  # never reads what the client sends
+        await linger_close(upgrade.stream)
+        finished.set()
+
+    served = await serve(nursery)
+    front(served.runtime).add_upgrade_handler("bye", goodbye)
+    stream = await trio.open_tcp_stream(served.host, served.port)
+    async with stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: bye\r\n\r\n"
+            + b"unread" * 10_000
+        )
+        received = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(65536):  # EOF, not a reset
+                received += data
+    assert received.endswith(last)
+    with trio.fail_after(2):
+        await finished.wait()  # the handler returned: the drain ends once the client closes
