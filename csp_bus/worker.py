@@ -52,7 +52,15 @@ from .routing import Match, Router, RoutingError, load_routes
 from .sessions import SessionStore, session_store_for
 from .sync import SyncLayer
 
-__all__ = ["DEFAULT_THREADS", "Worker", "WorkerStats", "load_app", "register", "select_channels"]
+__all__ = [
+    "DEFAULT_THREADS",
+    "Worker",
+    "WorkerStats",
+    "add_worker_arguments",
+    "load_app",
+    "register",
+    "select_channels",
+]
 
 logger = logging.getLogger("csp_bus.worker")
 
@@ -635,25 +643,29 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add ``csp-bus worker`` to the CLI."""
-    from .cli import add_common_options
+def add_worker_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    threads_default: int | None = DEFAULT_THREADS,
+    threads_help: str | None = None,
+) -> None:
+    """Add the options of a worker command to ``parser``.
 
-    parser = subparsers.add_parser(
-        "worker",
-        help="run consumers for the channels an APP routes",
-        description="Import APP (module:attribute, or a module with router/routes), receive "
-        "on the channels its routes name and run each message's consumer in a pool of "
-        "threads. SIGTERM/SIGINT: stop receiving, let running consumers finish within "
-        "--grace-period, exit 0 (a second signal stops at once).",
-    )
-    parser.add_argument("app", metavar="APP", help="e.g. myproject.routing:routes")
+    ``--threads``, ``--only-channels``, ``--exclude-channels``, ``--message-retries`` and
+    ``--grace-period``, with the destinations :class:`Worker` takes
+    (``args.threads``, ``args.only_channels``, ...). ``csp-bus worker`` and Django's
+    ``manage.py runworker`` both use it, so the two commands have the same options.
+    ``threads_default`` and ``threads_help`` let a command take the thread count from
+    its own settings (``runworker`` passes ``None`` and falls back to
+    ``CSP_BUS["WORKER_THREADS"]``).
+    """
     parser.add_argument(
         "--threads",
         type=int,
-        default=DEFAULT_THREADS,
+        default=threads_default,
         metavar="N",
-        help=f"consumers running at once, each sync one in a thread (default {DEFAULT_THREADS})",
+        help=threads_help
+        or f"consumers running at once, each sync one in a thread (default {DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--only-channels",
@@ -681,7 +693,24 @@ def register(subparsers: Any) -> None:
         type=float,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
-        help=f"on SIGTERM, how long running consumers may finish (default {DEFAULT_GRACE:g})",
+        help="on SIGTERM/SIGINT, how long running consumers may finish "
+        f"(default {DEFAULT_GRACE:g})",
     )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``csp-bus worker`` to the CLI."""
+    from .cli import add_common_options
+
+    parser = subparsers.add_parser(
+        "worker",
+        help="run consumers for the channels an APP routes",
+        description="Import APP (module:attribute, or a module with router/routes), receive "
+        "on the channels its routes name and run each message's consumer in a pool of "
+        "threads. SIGTERM/SIGINT: stop receiving, let running consumers finish within "
+        "--grace-period, exit 0 (a second signal stops at once).",
+    )
+    parser.add_argument("app", metavar="APP", help="e.g. myproject.routing:routes")
+    add_worker_arguments(parser)
     add_common_options(parser)
     parser.set_defaults(func=_cmd_worker)

@@ -25,42 +25,13 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from csp_bus.worker import DEFAULT_GRACE, DEFAULT_RETRIES
+        from csp_bus.worker import add_worker_arguments
 
         parser.add_argument("--layer", metavar="URL", help='default: CSP_BUS["LAYER"]')
-        parser.add_argument(
-            "--threads",
-            type=int,
-            metavar="N",
-            help='consumers running at once (default: CSP_BUS["WORKER_THREADS"], 4)',
-        )
-        parser.add_argument(
-            "--only-channels",
-            action="append",
-            default=[],
-            metavar="GLOB",
-            help="listen only to the routed channels matching GLOB (repeatable)",
-        )
-        parser.add_argument(
-            "--exclude-channels",
-            action="append",
-            default=[],
-            metavar="GLOB",
-            help="do not listen to the routed channels matching GLOB (repeatable)",
-        )
-        parser.add_argument(
-            "--message-retries",
-            type=int,
-            default=DEFAULT_RETRIES,
-            metavar="N",
-            help=f"ConsumeLater requeues before a message is dropped (default {DEFAULT_RETRIES})",
-        )
-        parser.add_argument(
-            "--grace-period",
-            type=float,
-            default=DEFAULT_GRACE,
-            metavar="SECONDS",
-            help=f"how long running consumers may finish on stop (default {DEFAULT_GRACE:g})",
+        add_worker_arguments(
+            parser,
+            threads_default=None,
+            threads_help='consumers running at once (default: CSP_BUS["WORKER_THREADS"], 4)',
         )
         parser.add_argument(
             "--no-views",
