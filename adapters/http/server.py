@@ -97,22 +97,35 @@ class HTTPConfig:
         return any(pattern.search(path) for pattern in self._long_poll)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class UpgradeRequest:
-    """What an upgrade handler gets (see ``docs/server.md``)."""
+    """What an upgrade handler gets (see ``docs/server.md``).
+
+    It holds only what the handler needs: the HTTP parser of the connection and the
+    request head it parsed are released before the handler runs (an upgraded connection
+    may stay open for hours).
+    """
 
     request: h11.Request
     stream: trio.abc.Stream
     trailing_data: bytes
     connection: Connection
     message: dict[str, Any]
-    _protocol: HTTPServerProtocol = field(repr=False)
 
     async def reject(
         self, status: int, headers: Iterable[Sequence[Any]] = (), body: bytes = b""
     ) -> None:
         """Answer with a plain HTTP response; the connection then closes."""
-        data = self._protocol.start_response(status, headers, body, close=True)
+        request = self.request
+        # h11 writes a response only in answer to a request it has read: a fresh parser
+        # reads the request line again (with Host, which HTTP/1.1 needs) and answers it.
+        proto = HTTPServerProtocol()
+        proto.receive_data(
+            b"%s %s HTTP/%s\r\nhost: -\r\n\r\n"
+            % (request.method, request.target, request.http_version)
+        )
+        proto.next_event()
+        data = proto.start_response(status, headers, body, close=True)
         await self.stream.send_all(data)
 
 
@@ -178,6 +191,17 @@ class HTTPFront:
     # -- one connection ------------------------------------------------------------------
 
     async def handle_connection(self, stream: trio.abc.Stream, conn: Connection) -> None:
+        upgrade = await self._serve_http(stream, conn)
+        if upgrade is not None:
+            # The HTTP state of the connection (parser, head, timer, reply channel) went
+            # with _serve_http's frame: only the UpgradeRequest lives on.
+            handler, request = upgrade
+            await handler(request)
+
+    async def _serve_http(
+        self, stream: trio.abc.Stream, conn: Connection
+    ) -> tuple[UpgradeHandler, UpgradeRequest] | None:
+        """Serve HTTP requests; the upgrade to hand the connection to, if one came."""
         config = self.config
         proto = HTTPServerProtocol(
             max_header_size=config.max_header_size, max_body_size=config.max_body_size
@@ -197,9 +221,8 @@ class HTTPFront:
                             stream, conn, proto, head, cycle, None, 0, state, deadline, early
                         )
                         if not await self._next_cycle(stream, proto, ok):
-                            return
-                    await self._serve_connection(stream, conn, proto, cycle)
-                    return
+                            return None
+                    return await self._serve_connection(stream, conn, proto, cycle)
                 if cycle.phase == _FAST_WAIT_PHASE or cycle.ready is not None:
                     continue  # resume: the response with a watcher task, or the ready head
                 if cycle.phase == _HEAD_PHASE:  # part of a request: RFC 9110 15.5.9
@@ -207,7 +230,7 @@ class HTTPFront:
                     await linger_close(stream)
                 elif cycle.phase == _WRITE_PHASE and cycle.head is not None:
                     await self._disconnected(cycle, cycle.head)  # it stopped reading
-                return  # idle keep-alive connection timed out: just close
+                return None  # idle keep-alive connection timed out: just close
         finally:
             if cycle.reply is not None:
                 cycle.reply.close()
@@ -230,17 +253,16 @@ class HTTPFront:
         conn: Connection,
         proto: HTTPServerProtocol,
         cycle: _Cycle,
-    ) -> None:
+    ) -> tuple[UpgradeHandler, UpgradeRequest] | None:
         while True:
             head, cycle.ready = cycle.ready, None
             if head is None:
                 head = await self._read_head(stream, conn, proto, cycle)
             if head is None:
-                return
+                return None
             cycle.head = head
             if head.upgrade is not None and head.upgrade in self.upgrade_handlers:
-                await self._upgrade(stream, conn, proto, head)
-                return
+                return self._upgrade(stream, conn, proto, head)
             reply = cycle.reply
             if reply is None and self.dispatcher is not None:
                 reply = cycle.reply = self.dispatcher.open_channel()  # made lazily
@@ -252,10 +274,10 @@ class HTTPFront:
                     while reply.receive_nowait() is not None:
                         logger.debug("%s: dropped a message sent between requests", reply.name)
                 except ReplyOverrun:
-                    return
+                    return None
             ok = await self._serve_request(stream, conn, proto, head, cycle)
             if not await self._next_cycle(stream, proto, ok):
-                return
+                return None
 
     async def _receive(self, stream: trio.abc.Stream) -> bytes:
         try:
@@ -359,13 +381,13 @@ class HTTPFront:
             client, scheme = proxies.resolve(client, scheme, head.headers)
         return client, scheme
 
-    async def _upgrade(
+    def _upgrade(
         self,
         stream: trio.abc.Stream,
         conn: Connection,
         proto: HTTPServerProtocol,
         head: RequestHead,
-    ) -> None:
+    ) -> tuple[UpgradeHandler, UpgradeRequest]:
         client, scheme = self._base_message(conn, head)
         message = request_message(
             head,
@@ -383,7 +405,7 @@ class HTTPFront:
             http_version=head.http_version,
         )
         handler = self.upgrade_handlers[head.upgrade or ""]
-        await handler(UpgradeRequest(request, stream, proto.trailing_data, conn, message, proto))
+        return handler, UpgradeRequest(request, stream, proto.trailing_data, conn, message)
 
     # -- one request ---------------------------------------------------------------------
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import trio
 from csp_bus.adapters.http import HTTPConfig, UpgradeRequest, front, linger_close
+from csp_bus.adapters.http.protocol import HTTPServerProtocol, RequestHead
 
 
 async def test_an_upgrade_handler_takes_over_the_connection(serve, nursery) -> None:
@@ -116,3 +118,31 @@ async def test_linger_close_lets_the_last_bytes_arrive(serve, nursery) -> None:
     assert received.endswith(last)
     with trio.fail_after(2):
         await finished.wait()  # the handler returned: the drain ends once the client closes
+
+
+async def test_the_http_state_is_released_before_the_handler_runs(serve, nursery) -> None:
+    """An upgraded connection lives long (idle WebSockets): the HTTP parser and the
+    request head it parsed are dropped before the handler takes over (issue 6)."""
+    live: list[int] = []
+
+    async def count(upgrade: UpgradeRequest) -> None:
+        gc.collect()
+        live.append(
+            sum(1 for o in gc.get_objects() if type(o) in (HTTPServerProtocol, RequestHead))
+        )
+        await upgrade.reject(403, [(b"content-type", b"text/plain")], b"no")
+
+    served = await serve(nursery)
+    front(served.runtime).add_upgrade_handler("count", count)
+    stream = await trio.open_tcp_stream(served.host, served.port)
+    async with stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: count\r\n\r\n"
+        )
+        received = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(65536):
+                received += data
+    assert live == [0]
+    assert received.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert received.endswith(b"\r\n\r\nno")
