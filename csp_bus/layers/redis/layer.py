@@ -87,6 +87,8 @@ _Item = tuple[int, str, bytes]
 _Entry = list[Any]
 # (process-local prefixes, normal channel names)
 _Selector = tuple[tuple[str, ...], tuple[str, ...]]
+# Value types that make a message "flat": a shallow copy of it is a fresh message.
+_FLAT_TYPES = frozenset({str, bytes, bool, float, int, type(None)})
 
 
 def _now_ms() -> int:
@@ -186,6 +188,11 @@ class RedisLayer(ChannelLayer):
         self._expired = 0
         self._dropped = 0
         self._full = 0
+        # The payload of the send_group envelope being handed out and, once decoded, its
+        # message when flat: every other member gets a shallow copy (a fresh message,
+        # ~10x cheaper than decoding the same bytes again for each of 1,000 members).
+        self._fanout_payload: bytes | None = None
+        self._fanout_message: Message | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -462,6 +469,8 @@ class RedisLayer(ChannelLayer):
             if best is None:
                 return None
             entry = best.buffer[0]
+            if len(entry[1]) > 1:
+                self._shared(entry[2])
             item = self._entry_taken(entry, now)
             if not entry[1]:
                 best.buffer.popleft()
@@ -474,13 +483,22 @@ class RedisLayer(ChannelLayer):
     def _decoded(self, item: _Item) -> tuple[str, Message] | None:
         """The message, or None (logged, counted as dropped) when a foreign writer put a
         payload there that is not a valid message: the receiver is not to blame."""
+        payload = item[2]
+        if payload is self._fanout_payload and self._fanout_message is not None:
+            self._received += 1
+            return item[1], dict(self._fanout_message)
         try:
-            message = decode(item[2])
+            message = decode(payload)
         except InvalidMessage as exc:
             log.warning("dropped an invalid message on %r from Redis: %s", item[1], exc)
             self._dropped += 1
             return None
         self._received += 1
+        if payload is self._fanout_payload and all(
+            type(value) in _FLAT_TYPES for value in message.values()
+        ):
+            self._fanout_message = message
+            return item[1], dict(message)
         return item[1], message
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
@@ -490,7 +508,12 @@ class RedisLayer(ChannelLayer):
         await self._enter()
         while True:
             try:
-                item = await self._receive(queues, normal_keys)
+                if normal_keys:
+                    item = await self._receive(queues, normal_keys)
+                else:
+                    # process-local prefixes only (a send_group member, a server's
+                    # receive loop): one coroutine frame less to resume per message
+                    item = self._take_local(queues) or await self._wait_local(queues)
             except LayerError as exc:
                 if self._closed and not isinstance(exc, LayerClosed):
                     raise self._closed_error(exc) from exc
@@ -597,6 +620,12 @@ class RedisLayer(ChannelLayer):
 
         return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
+    def _shared(self, payload: bytes) -> None:
+        """``payload`` is about to go to several members: decode it once for them."""
+        if payload is not self._fanout_payload:
+            self._fanout_payload = payload
+            self._fanout_message = None
+
     def _unregister(self, waiter: _Waiter) -> None:
         for queue in waiter.queues:
             queue.waiters.pop(waiter, None)
@@ -616,12 +645,18 @@ class RedisLayer(ChannelLayer):
                 buffer.popleft()
                 continue
             deadline, channels, payload = entry
+            if len(channels) > 1:
+                self._shared(payload)
             # the hot loop of a big send_group: one waiter per member, no extra calls
+            # and no attribute lookups
+            oldest_waiter = waiters.popitem
+            next_channel = channels.pop
+            value = outcome.Value
             while channels and waiters:
-                waiter = waiters.popitem(last=False)[0]
+                waiter = oldest_waiter(False)[0]
                 if len(waiter.queues) > 1:
                     self._unregister(waiter)
-                reschedule(waiter.task, outcome.Value((deadline, channels.pop(), payload)))
+                reschedule(waiter.task, value((deadline, next_channel(), payload)))
             if not channels:
                 buffer.popleft()
 
