@@ -101,16 +101,44 @@ class HTTPConfig:
 class UpgradeRequest:
     """What an upgrade handler gets (see ``docs/server.md``).
 
-    It holds only what the handler needs: the HTTP parser of the connection and the
-    request head it parsed are released before the handler runs (an upgraded connection
-    may stay open for hours).
+    It holds only what the handler needs: the HTTP parser of the connection is released
+    before the handler runs (an upgraded connection may stay open for hours), and
+    :attr:`request` and :attr:`message` are made on access from one compact copy of the
+    request head, not kept twice for the life of the connection.
     """
 
-    request: h11.Request
     stream: trio.abc.Stream
     trailing_data: bytes
     connection: Connection
-    message: dict[str, Any]
+    _head: RequestHead = field(repr=False)
+    _client: Any = field(repr=False)  # after proxy headers
+    _scheme: str = field(repr=False)
+    _root_path: str = field(repr=False)
+
+    @property
+    def request(self) -> h11.Request:
+        """The request as an ``h11.Request`` (method, target, headers, http_version)."""
+        head = self._head
+        return h11.Request(
+            method=head.method,
+            target=head.target,
+            headers=head.headers,
+            http_version=head.http_version,
+        )
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The fields an ``http.request`` would carry (a new dict on each access)."""
+        message = request_message(
+            self._head,
+            reply_channel="",
+            scheme=self._scheme,
+            client=self._client,
+            server=self.connection.server,
+            root_path=self._root_path,
+        )
+        del message["reply_channel"], message["body"]
+        return message
 
     async def reject(
         self, status: int, headers: Iterable[Sequence[Any]] = (), body: bytes = b""
@@ -389,23 +417,11 @@ class HTTPFront:
         head: RequestHead,
     ) -> tuple[UpgradeHandler, UpgradeRequest]:
         client, scheme = self._base_message(conn, head)
-        message = request_message(
-            head,
-            reply_channel="",
-            scheme=scheme,
-            client=client,
-            server=conn.server,
-            root_path=self.runtime.config.root_path,
-        )
-        del message["reply_channel"], message["body"]
-        request = h11.Request(
-            method=head.method,
-            target=head.target,
-            headers=head.headers,
-            http_version=head.http_version,
-        )
         handler = self.upgrade_handlers[head.upgrade or ""]
-        return handler, UpgradeRequest(request, stream, proto.trailing_data, conn, message)
+        request = UpgradeRequest(
+            stream, proto.trailing_data, conn, head, client, scheme, self.runtime.config.root_path
+        )
+        return handler, request
 
     # -- one request ---------------------------------------------------------------------
 
