@@ -110,12 +110,25 @@ class WorkerStats:
 class _LaneThread:
     """One thread that runs one lane's sync consumers, one at a time.
 
-    Why not ``trio.to_thread.run_sync``: measured on the 2-vCPU test machine, a
-    to_thread round trip costs about 100 us and this dedicated thread (a ``SimpleQueue``
-    hand-off there, a ``run_sync_soon`` wake-up back) about 70 us; the hand-off is most
-    of the per-message cost of dispatch. The other saving: while the consumer runs, its
-    lane task waits, so the consumer's blocking layer calls (``Channel.send``, ...) are
-    run *by that task* (:class:`_LaneSync`) instead of a new system task per call, as
+    Why not ``trio.to_thread.run_sync``: a to_thread round trip costs about 100 us on
+    the 2-vCPU test machine, and what dominates a sync consumer's cost is the number of
+    times work crosses between the Trio thread and a worker thread (on a loaded core each
+    crossing waits for the GIL). This lane keeps that number low:
+
+    * the job goes in through a ``SimpleQueue`` the thread waits on (one crossing);
+    * everything the consumer asks of the Trio thread (its layer calls, then its
+      result) goes into the job's *outbox*; the first item posted while the lane task
+      is waiting schedules one ``run_sync_soon`` wake-up, later ones ride along;
+    * ``send`` and ``send_group`` (which never wait for a receiver) do not wait for
+      their outcome: the consumer carries on while the lane task performs them, in
+      order. So the usual "reply, then return" consumer costs one crossing out, not
+      three (send out, its outcome back, the result out). A failed posted send
+      (``ChannelFull``...) is raised by the consumer's next layer call, or, when the
+      consumer has returned meanwhile, counted as the consumer's failure (logged).
+    * other calls (``receive``, ``group_add``, ``send_wait``...) block the consumer
+      until the lane task answers through the job's reply queue.
+
+    The lane task runs all of these itself, instead of a new system task per call as
     ``trio.from_thread.run`` with a token does.
 
     The thread only ever runs user code (the consumer); it starts on first use and is
@@ -141,10 +154,8 @@ class _LaneThread:
                 result = outcome.capture(job.invoke)
             finally:
                 _lane_local.job = None
-            try:
-                self._token.run_sync_soon(job.report, result)
-            except trio.RunFinishedError:
-                return
+            if not job.post(_Done(result)) and job.finished:
+                return  # the Trio run is over
 
     async def run(
         self, consumer: Callable[..., Any], message: Message, kwargs: dict[str, str]
@@ -160,28 +171,66 @@ class _LaneThread:
         self._inbox.put(job)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            job.abandoned = True
+            job.abandon()
             return trio.lowlevel.Abort.SUCCEEDED
 
-        while True:
-            item = await trio.lowlevel.wait_task_rescheduled(abort)
-            if item is _DONE:
-                return
-            # The consumer asked for a layer operation: run it here, hand back the outcome.
-            call: _Call = item
-            result = await outcome.acapture(call.function, *call.args)
-            if isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled):
-                job.abandoned = True
-                call.reply.put(outcome.Error(LayerClosed("the worker stopped this consumer")))
-                result.unwrap()
-            call.reply.put(result)
+        failed: outcome.Error | None = None  # a posted send that failed, not yet raised
+        lock = job.lock
+        try:
+            while True:
+                with lock:
+                    items = job.outbox
+                    if items:
+                        job.outbox = []
+                    else:
+                        job.waiting = True
+                if not items:
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    continue
+                for item in items:
+                    if isinstance(item, _Done):
+                        if failed is not None and isinstance(item.result, outcome.Value):
+                            failed.unwrap()
+                        item.result.unwrap()
+                        return
+                    call = item
+                    if failed is not None:
+                        # The consumer has not seen its failed send yet: its next call
+                        # raises that error instead of running; later posted sends are
+                        # dropped with it.
+                        if call.reply is not None:
+                            call.reply.put(failed)
+                            failed = None
+                        continue
+                    result = await outcome.acapture(call.function, *call.args)
+                    if isinstance(result, outcome.Error) and isinstance(
+                        result.error, trio.Cancelled
+                    ):
+                        if call.reply is not None:
+                            call.reply.put(
+                                outcome.Error(LayerClosed("the worker stopped this consumer"))
+                            )
+                        result.unwrap()
+                    if call.reply is not None:
+                        call.reply.put(result)
+                    elif isinstance(result, outcome.Error):
+                        failed = result
+        except BaseException:
+            job.abandon()
+            raise
 
     def close(self) -> None:
         self._inbox.put(None)
 
 
-_DONE = object()
 _lane_local = threading.local()
+
+
+class _Done:
+    __slots__ = ("result",)
+
+    def __init__(self, result: outcome.Outcome[Any]) -> None:
+        self.result = result
 
 
 class _Call:
@@ -191,11 +240,11 @@ class _Call:
         self,
         function: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
-        reply: queue.SimpleQueue[outcome.Outcome[Any]],
+        reply: queue.SimpleQueue[outcome.Outcome[Any]] | None,
     ) -> None:
         self.function = function
         self.args = args
-        self.reply = reply
+        self.reply = reply  # None: a posted send, nobody waits for its outcome
 
 
 class _Job:
@@ -203,11 +252,15 @@ class _Job:
         "abandoned",
         "consumer",
         "context",
+        "finished",
         "kwargs",
+        "lock",
         "message",
+        "outbox",
         "replies",
         "task",
         "token",
+        "waiting",
     )
 
     def __init__(
@@ -225,7 +278,13 @@ class _Job:
         self.token = token
         self.context = contextvars.copy_context()
         self.abandoned = False
-        # One call at a time per consumer thread: one reply queue serves them all.
+        self.finished = False  # the Trio run is over
+        # Items for the lane task (_Call, then one _Done), under ``lock``; ``waiting``:
+        # the lane task is parked and the next post must wake it (once).
+        self.lock = threading.Lock()
+        self.outbox: list[_Call | _Done] = []
+        self.waiting = False
+        # One blocking call at a time per consumer thread: one reply queue serves them.
         self.replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
 
     def invoke(self) -> Any:
@@ -241,28 +300,50 @@ class _Job:
             )
         return result
 
-    def report(self, result: outcome.Outcome[Any]) -> None:
-        """Runs on the Trio thread: wake the lane task unless it gave up waiting."""
-        if not self.abandoned:
-            if isinstance(result, outcome.Value):
-                result = outcome.Value(_DONE)
-            trio.lowlevel.reschedule(self.task, result)
+    def post(self, item: _Call | _Done) -> bool:
+        """Runs in the lane thread: queue ``item`` for the lane task, waking it if it
+        waits. False when nobody will take it (abandoned, or the Trio run is over)."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.outbox.append(item)
+            if not self.waiting:
+                return True
+            self.waiting = False
+        try:
+            self.token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:
+            self.finished = True
+            return False
+        return True
 
-    def request(self, call: _Call) -> None:
-        """Runs on the Trio thread: hand a layer operation to the waiting lane task."""
-        if self.abandoned:
-            call.reply.put(outcome.Error(LayerClosed("the worker stopped this consumer")))
-        else:
-            trio.lowlevel.reschedule(self.task, outcome.Value(call))
+    def _wake(self) -> None:
+        """Runs on the Trio thread."""
+        if not self.abandoned:
+            trio.lowlevel.reschedule(self.task)
+
+    def abandon(self) -> None:
+        """Runs on the Trio thread: the lane task stops waiting for this job. Calls the
+        consumer is blocked on get ``LayerClosed``; later ones go through from_thread."""
+        with self.lock:
+            self.abandoned = True
+            items, self.outbox = self.outbox, []
+        for item in items:
+            if type(item) is _Call and item.reply is not None:
+                item.reply.put(outcome.Error(LayerClosed("the worker stopped this consumer")))
 
     def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs in the lane thread: have the lane task await ``function(*args)``."""
-        request = _Call(function, args, self.replies)
-        try:
-            self.token.run_sync_soon(self.request, request)
-        except trio.RunFinishedError as exc:
-            raise LayerClosed("the Trio program that owns this layer has finished") from exc
-        return request.reply.get().unwrap()  # type: ignore[no-any-return]
+        if not self.post(_Call(function, args, self.replies)):
+            if self.finished:
+                raise LayerClosed("the Trio program that owns this layer has finished")
+            raise LayerClosed("the worker stopped this consumer")
+        return self.replies.get().unwrap()  # type: ignore[no-any-return]
+
+    def call_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Runs in the lane thread: have the lane task await ``function(*args)`` without
+        waiting for it. False when the lane task will not (use another way)."""
+        return self.post(_Call(function, args, None))
 
 
 class _LaneSync(SyncLayer):
@@ -275,6 +356,16 @@ class _LaneSync(SyncLayer):
         if job is None or job.abandoned:
             return super()._call(function, *args)
         return job.call(function, *args)
+
+    def send(self, channel: str, message: dict[str, Any]) -> None:
+        job: _Job | None = getattr(_lane_local, "job", None)
+        if job is None or not job.call_soon(self.layer.send, channel, message):
+            super().send(channel, message)
+
+    def send_group(self, group: str, message: dict[str, Any]) -> None:
+        job: _Job | None = getattr(_lane_local, "job", None)
+        if job is None or not job.call_soon(self.layer.send_group, group, message):
+            super().send_group(group, message)
 
 
 class Worker:
