@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 APP = textwrap.dedent(
     """
@@ -150,4 +152,44 @@ def test_reload_restarts_on_a_change(tmp_path: Path, processes) -> None:
     with httpx.Client() as client:
         assert client.get(second + "/").text.startswith("hi from ")
     process.send_signal(signal.SIGINT)
+    assert process.wait(20) == 0
+
+
+WS_APP = """
+from csp_bus.routing import route
+
+
+async def accept(message):
+    await message.reply_channel.asend({"accept": True})
+
+
+app = [route("websocket.connect", accept)]
+"""
+
+
+def close_code(client: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed) as caught:
+        client.recv(timeout=15)
+    assert caught.value.rcvd is not None, "the server sent no close frame"
+    return caught.value.rcvd.code
+
+
+def test_reload_closes_websockets_with_service_restart(tmp_path: Path, processes) -> None:
+    """A --reload restart (SIGHUP to the server) closes with 1012, a stop with 1001."""
+    (tmp_path / "ws_reload_app.py").write_text(WS_APP)
+    process = serve(
+        tmp_path, "--reload", "--adapter", "http", "--adapter", "websocket",
+        "--app", "ws_reload_app:app", "--bind", "127.0.0.1:0", "--graceful-timeout", "2",
+        "--no-access-log",
+    )  # fmt: skip
+    processes.append(process)
+    (url,) = wait_ready(process)
+    with connect("ws" + url.removeprefix("http") + "/") as client:
+        time.sleep(1.2)  # mtimes have a resolution; make the change visibly later
+        (tmp_path / "ws_reload_app.py").write_text(WS_APP + "\n# changed\n")
+        assert close_code(client) == 1012
+    (second,) = wait_ready(process)  # the restarted server serves again
+    with connect("ws" + second.removeprefix("http") + "/") as client:
+        process.send_signal(signal.SIGTERM)
+        assert close_code(client) == 1001  # a stop is still "going away"
     assert process.wait(20) == 0
