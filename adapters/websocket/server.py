@@ -351,7 +351,12 @@ class _Session:
             self.wait_scope = None
             if message is not None:
                 self.apply(message)
-            elif ws.state is not State.CLOSED and trio.current_time() >= self.next_deadline():
+            # (apply() and on_deadline() change ws.state: mypy's narrowing from the loop
+            # condition does not see that.)
+            elif (
+                ws.state is not State.CLOSED  # type: ignore[comparison-overlap]
+                and trio.current_time() >= self.next_deadline()
+            ):
                 self.on_deadline(trio.current_time())
             self.flush()
 
