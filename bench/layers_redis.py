@@ -226,10 +226,11 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _cell(values: list[float], unit: str = "") -> str:
+def _cell(values: list[float], unit: str = "", digits: int = 0) -> str:
     if not values:
         return "-"
-    return f"{_median(values):,.0f}{unit} ({min(values):,.0f}-{max(values):,.0f})"
+    f = f",.{digits}f"
+    return f"{_median(values):{f}}{unit} ({min(values):{f}}-{max(values):{f}})"
 
 
 def bench_redis(runs: int = RUNS) -> None:
@@ -295,19 +296,26 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
             f"{label:<34}{_cell(figures[ours]):>24}{_cell(figures[core]):>24}"
             f"{_cell(figures[pubsub]):>24}{m(ours) / m(core):>8.1f}x{m(ours) / m(pubsub):>9.1f}x"
         )
-    for label, ours, core, pubsub in (
-        ("send_group 1,000: ms to all", "csp.group1000", "core.group_ms", "pubsub.group_ms"),
+    for label, ours, core, pubsub, digits in (
+        ("send_group 1,000: ms to all", "csp.group1000", "core.group_ms", "pubsub.group_ms", 1),
         (
             "  same, read by one task: ms",
             "csp.group_one1000",
             "core.group_one_task_ms",
             "pubsub.group_one_task_ms",
+            1,
         ),
-        ("1,000 group_add calls: ms", "csp.group_add1000", "core.group_add", "pubsub.group_add"),
+        (
+            "1,000 group_add calls: ms",
+            "csp.group_add1000",
+            "core.group_add",
+            "pubsub.group_add",
+            0,
+        ),
     ):
+        cells = [_cell(figures[name], " ms", digits) for name in (ours, core, pubsub)]
         print(
-            f"{label:<34}{_cell(figures[ours], ' ms'):>24}{_cell(figures[core], ' ms'):>24}"
-            f"{_cell(figures[pubsub], ' ms'):>24}"
+            f"{label:<34}{cells[0]:>24}{cells[1]:>24}{cells[2]:>24}"
             f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (faster)"
         )
     print(f"{'send_group 10,000: ms to all':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
