@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,14 +49,38 @@ def serve(tmp_path: Path, *args: str, pass_fds: tuple[int, ...] = ()) -> subproc
     )
 
 
+def _stderr_lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """A queue of the process's stderr lines ("" at the end), fed by a reader thread, so
+    that waiting for a line can time out instead of blocking in readline() for ever."""
+    lines = getattr(process, "_stderr_lines", None)
+    if lines is None:
+        lines = queue.Queue()
+        stream = process.stderr
+        assert stream is not None
+
+        def pump() -> None:
+            try:
+                for line in stream:
+                    lines.put(line)
+            except (ValueError, OSError):  # the fixture closed the stream at teardown
+                pass
+            lines.put("")
+
+        threading.Thread(target=pump, daemon=True).start()
+        process._stderr_lines = lines  # type: ignore[attr-defined]
+    return lines
+
+
 def wait_ready(process: subprocess.Popen[str], count: int = 1) -> list[str]:
     """The URLs from the first ``count`` 'csp-bus serve [pid]: ... on URL' lines."""
-    assert process.stderr is not None
+    lines = _stderr_lines(process)
     urls: list[str] = []
     deadline = time.monotonic() + 20
     while len(urls) < count:
-        assert time.monotonic() < deadline, "the server did not start"
-        line = process.stderr.readline()
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"the server did not start within 20 s (saw {urls})") from None
         assert line, f"the server exited: {process.wait()}"
         found = re.search(r"csp-bus serve \[\d+\]: .* on (\S+)", line)
         if found:
