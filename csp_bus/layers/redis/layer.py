@@ -524,12 +524,7 @@ class RedisLayer(ChannelLayer):
         await self._enter()
         while True:
             try:
-                if normal_keys:
-                    item = await self._receive(queues, normal_keys)
-                else:
-                    # process-local prefixes only (a send_group member, a server's
-                    # receive loop): one coroutine frame less to resume per message
-                    item = self._take_local(queues) or await self._wait_local(queues)
+                item = await self._receive(queues, normal_keys)
             except LayerError as exc:
                 if self._closed and not isinstance(exc, LayerClosed):
                     raise self._closed_error(exc) from exc
@@ -664,14 +659,11 @@ class RedisLayer(ChannelLayer):
             if len(channels) > 1:
                 self._shared(payload)
             # the hot loop of a big send_group: one waiter per member, no extra calls
-            # and no attribute lookups
-            oldest_waiter = waiters.popitem
-            next_channel = channels.pop
             while channels and waiters:
-                waiter = oldest_waiter(False)[0]
+                waiter = waiters.popitem(last=False)[0]
                 if len(waiter.queues) > 1:
                     self._unregister(waiter)
-                waiter.item = (deadline, next_channel(), payload)
+                waiter.item = (deadline, channels.pop(), payload)
                 reschedule(waiter.task, waiter)
             if not channels:
                 buffer.popleft()
