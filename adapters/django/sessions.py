@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from django.conf import settings
-from django.contrib.sessions.backends.base import CreateError, SessionBase
+from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.http.cookie import parse_cookie
 
 from csp_bus.consumers import ConsumeLater, Message
@@ -152,7 +152,12 @@ def _finish(message: Message, session: SessionBase) -> None:
     if message.channel.name == "websocket.disconnect":
         session.delete()  # the connection is gone; so is its session
     elif session.modified and not session.is_empty():
-        session.save()
+        try:
+            session.save()
+        except UpdateError:
+            # Deleted while this consumer ran: the connection's websocket.disconnect
+            # consumer got there first. The connection is gone, so is what we would save.
+            logger.debug("channel session of %s ended meanwhile", message.reply_channel)
 
 
 def _session_key_from(content: dict[str, Any]) -> str | None:

@@ -187,3 +187,22 @@ def test_routed_consumers_close_old_database_connections() -> None:
         # the consumer used the database; Django's hygiene closed it afterwards
         assert ws.receive() == {"text": "users counted"}
         assert connection.connection is None
+
+
+def test_a_session_deleted_while_a_consumer_runs_is_not_an_error(seen: list[object]) -> None:
+    """Regression: the connection's disconnect consumer may delete the channel session
+    while a receive consumer of the same connection is still running (seen in the full
+    suite: Django raised UpdateError from the receive consumer's save). The connection is
+    gone then; there is nothing to save into, and no error to report."""
+
+    @channel_session
+    def consumer(message):
+        message.channel_session["n"] = 1
+        # What a concurrent websocket.disconnect consumer does:
+        session_for_reply_channel(message.reply_channel.name).delete()
+        seen.append("ran")
+
+    with ConsumerClient(path="/gone/") as client:
+        client.send("websocket.connect", consumer)
+        client.send("websocket.receive", consumer, text="x")
+    assert seen == ["ran", "ran"]
