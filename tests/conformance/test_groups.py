@@ -276,3 +276,19 @@ async def test_group_stats_do_not_count_expired_memberships(make_layer: Any) -> 
     await layer.group_add("lobby", "member")  # refreshed
     await trio.sleep(0.35)
     assert (await layer.stats())["groups"] == {"lobby": 1}
+
+
+async def test_members_of_one_process_get_independent_copies_of_a_flat_message(
+    layer: ChannelLayer,
+) -> None:
+    """A flat message fanned out to several members of one process: each member gets its
+    own dict (a layer may decode once per fan-out, but must copy per member)."""
+    for n in range(3):
+        await layer.group_add("room", f"srv!conn{n}")
+    await layer.send_group("room", {"text": "hi", "n": 1, "blob": b"x"})
+    got = await _drain(layer, "srv!")
+    assert len(got) == 3
+    got[0][1]["text"] = "changed"
+    got[0][1]["extra"] = True
+    assert [message for _, message in got[1:]] == [{"text": "hi", "n": 1, "blob": b"x"}] * 2
+    assert len({id(message) for _, message in got}) == 3
