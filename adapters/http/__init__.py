@@ -8,14 +8,13 @@ WebSocket adapter registers its upgrade handler there). See ``docs/http.md``.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 import trio
 
 from csp_bus.errors import UsageError
 from csp_bus.server.adapter import Adapter
-from csp_bus.server.config import ServerConfig
+from csp_bus.server.config import ServerConfig, parse_seconds, parse_size
 from csp_bus.server.runtime import ServerRuntime
 
 from .server import HTTPConfig, HTTPFront, UpgradeHandler, UpgradeRequest, front, linger_close
@@ -33,33 +32,6 @@ __all__ = [
 ]
 
 
-def _size(text: str) -> int:
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
-    value = text.strip().lower().removesuffix("ib").removesuffix("b")
-    factor = units.get(value[-1:], 1)
-    if value[-1:] in units:
-        value = value[:-1]
-    try:
-        number = int(float(value) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64k, 10M)") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("a size cannot be negative")
-    return number
-
-
-def _seconds(text: str) -> float:
-    if text.strip().lower() in ("off", "none", "inf", "0"):
-        return math.inf
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("seconds must be positive (or 'off')")
-    return value
-
-
 class HTTPAdapter(Adapter):
     """HTTP/1.0 and 1.1 requests -> ``http.request``; responses from ``reply_channel``."""
 
@@ -71,7 +43,7 @@ class HTTPAdapter(Adapter):
         defaults = HTTPConfig()
         group.add_argument(
             "--response-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.response_timeout,
             metavar="SECONDS",
             help="answer 504 when no response starts within SECONDS ('off' to wait for "
@@ -95,21 +67,21 @@ class HTTPAdapter(Adapter):
         )
         group.add_argument(
             "--max-body-size",
-            type=_size,
+            type=parse_size,
             default=defaults.max_body_size,
             metavar="BYTES",
             help="answer 413 to larger request bodies (e.g. 10M; default 64M; 0: no limit)",
         )
         group.add_argument(
             "--max-header-size",
-            type=_size,
+            type=parse_size,
             default=defaults.max_header_size,
             metavar="BYTES",
             help="answer 431 to larger request heads (default 16k)",
         )
         group.add_argument(
             "--body-chunk-size",
-            type=_size,
+            type=parse_size,
             default=defaults.body_chunk_size,
             metavar="BYTES",
             help="bodies up to this size travel inside http.request; larger ones are "
@@ -117,7 +89,7 @@ class HTTPAdapter(Adapter):
         )
         group.add_argument(
             "--header-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.header_timeout,
             metavar="SECONDS",
             help="answer 408 when a request head takes longer "
@@ -125,7 +97,7 @@ class HTTPAdapter(Adapter):
         )
         group.add_argument(
             "--keep-alive-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.keep_alive_timeout,
             metavar="SECONDS",
             help="close idle keep-alive connections after SECONDS "
@@ -133,7 +105,7 @@ class HTTPAdapter(Adapter):
         )
         group.add_argument(
             "--body-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.body_timeout,
             metavar="SECONDS",
             help="give up on a request body that stalls for SECONDS "

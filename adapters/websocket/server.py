@@ -38,7 +38,7 @@ import trio
 
 from csp_bus.errors import ChannelFull, InvalidMessage, LayerError, UsageError
 from csp_bus.server.adapter import Adapter
-from csp_bus.server.config import ServerConfig
+from csp_bus.server.config import ServerConfig, parse_positive_size, parse_seconds
 from csp_bus.server.dispatcher import ReplyChannel, ReplyDispatcher, ReplyOverrun
 from csp_bus.server.runtime import ServerRuntime
 
@@ -503,33 +503,6 @@ class _Server:
             session.shutdown(code)
 
 
-def _seconds(text: str) -> float:
-    if text.strip().lower() in ("off", "none", "inf", "0"):
-        return math.inf
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("seconds must be positive (or 'off')")
-    return value
-
-
-def _size(text: str) -> int:
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
-    value = text.strip().lower().removesuffix("ib").removesuffix("b")
-    factor = units.get(value[-1:], 1)
-    if value[-1:] in units:
-        value = value[:-1]
-    try:
-        number = int(float(value) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64k, 1M)") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError("a size must be positive")
-    return number
-
-
 class WebSocketAdapter(Adapter):
     """WebSocket (RFC 6455, permessage-deflate) -> ``websocket.*`` messages."""
 
@@ -546,7 +519,7 @@ class WebSocketAdapter(Adapter):
         proto = defaults.protocol
         group.add_argument(
             "--ws-max-message-size",
-            type=_size,
+            type=parse_positive_size,
             default=proto.max_message_size,
             metavar="BYTES",
             help="close with 1009 when a message is bigger (after decompression; "
@@ -554,14 +527,14 @@ class WebSocketAdapter(Adapter):
         )
         group.add_argument(
             "--ws-ping-interval",
-            type=_seconds,
+            type=parse_seconds,
             default=proto.ping_interval,
             metavar="SECONDS",
             help="ping a client silent for SECONDS ('off': never; default 20)",
         )
         group.add_argument(
             "--ws-ping-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=proto.ping_timeout,
             metavar="SECONDS",
             help="drop a client silent for SECONDS after a ping (default 20)",
@@ -577,14 +550,14 @@ class WebSocketAdapter(Adapter):
         )
         group.add_argument(
             "--ws-handshake-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.handshake_timeout,
             metavar="SECONDS",
             help="answer 504 when websocket.connect gets no accept/reject in time (default 5)",
         )
         group.add_argument(
             "--ws-receive-timeout",
-            type=_seconds,
+            type=parse_seconds,
             default=defaults.receive_timeout,
             metavar="SECONDS",
             help="while websocket.receive is full the socket is not read; still full "
@@ -599,7 +572,7 @@ class WebSocketAdapter(Adapter):
         )
         group.add_argument(
             "--ws-max-send-buffer",
-            type=_size,
+            type=parse_positive_size,
             default=defaults.max_send_buffer,
             metavar="BYTES",
             help="outgoing bytes held for a client that does not read before it is closed "

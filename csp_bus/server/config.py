@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -88,3 +89,39 @@ class ServerConfig:
     @property
     def has_listeners(self) -> bool:
         return bool(self.binds or self.unix or self.fds)
+
+
+def parse_seconds(text: str) -> float:
+    """A command-line duration in seconds; ``off``/``none``/``inf``/``0`` mean no limit
+    (``math.inf``). For adapters' ``add_arguments`` (``type=parse_seconds``)."""
+    if text.strip().lower() in ("off", "none", "inf", "0"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("seconds must be positive (or 'off')")
+    return value
+
+
+def parse_size(text: str, *, allow_zero: bool = True) -> int:
+    """A command-line size in bytes: ``65536``, ``64k``, ``10M``, ``1GiB``. With
+    ``allow_zero`` (the default) 0 is accepted, meaning "no limit" where the option says so."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(value[-1:], 1)
+    if value[-1:] in units:
+        value = value[:-1]
+    try:
+        number = int(float(value) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64k, 10M)") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError("a size must be positive")
+    return number
+
+
+def parse_positive_size(text: str) -> int:
+    """:func:`parse_size` without 0."""
+    return parse_size(text, allow_zero=False)
