@@ -679,7 +679,8 @@ class SMTPServerConnection:
             elif key == "SMTPUTF8" and value is None:
                 smtputf8 = True
             elif key == "AUTH" and value is not None and self._auth_offered():
-                pass  # RFC 4954 section 5: accepted, and not trusted for anything
+                # RFC 4954 section 5: MAIL FROM's AUTH= is accepted, and trusted for nothing.
+                continue
             else:
                 raise _Reject(555, f"5.5.4 Unsupported parameter {param[:40]!r}")
         if path == "":

@@ -168,7 +168,7 @@ class _Server:
         try:
             await _Session(self, stream, client).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+            logger.debug("SMTP client %s went away", client)
         except Exception:
             logger.exception("SMTP connection from %s failed", client)
         finally:

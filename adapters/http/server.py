@@ -734,7 +734,8 @@ class HTTPFront:
             with trio.CancelScope(shield=True):
                 await self.runtime.layer.send(self.disconnect_channel, message)
         except (ChannelFull, LayerError):
-            pass  # the spec says: dropped when full
+            # ASGI 1.x: http.disconnect is dropped when its channel is full.
+            logger.debug("http.disconnect for %s dropped: channel full or layer down", message)
 
     # -- served without the bus ----------------------------------------------------------
 
