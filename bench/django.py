@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import peer_python
+from _peers import free_port, peer_python
 
 PEERS = ["django==5.2.19", "channels==4.3.2", "daphne==4.2.3", "gunicorn"]
 BODY = b"Hello, world!"
@@ -100,12 +100,6 @@ def write_project(root: Path) -> None:
     (package / "urls.py").write_text(URLS)
     (package / "wsgi.py").write_text(WSGI)
     (package / "asgi.py").write_text(ASGI)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def taskset(core: int) -> list[str]:

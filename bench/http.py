@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ assert _spec is not None and _spec.loader is not None
 _peers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_peers)
 peer_python = _peers.peer_python
+free_port = _peers.free_port
+wait_port = _peers.wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_REQUIREMENTS = ["daphne==4.2.3", "hypercorn[trio]==0.18.0", "uvicorn==0.54.0"]
@@ -106,25 +107,6 @@ class Server:
     name: str
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start listening")
 
 
 def _ms(text: str) -> float:

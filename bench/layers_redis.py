@@ -45,7 +45,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import peer_python
+from _peers import free_port, peer_python
 
 from csp_bus import open_layer
 
@@ -54,12 +54,6 @@ MESSAGE = {"type": "bench.message", "text": "hello", "n": 1}
 RUNS = 3
 PEER_REQUIREMENTS = ["channels==4.3.2", "channels_redis==4.3.0"]
 SERVER_CORE = 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _taskset(core: int) -> list[str]:
@@ -72,7 +66,7 @@ def start_server() -> tuple[subprocess.Popen[bytes], int, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("bench_redis needs redis-server on PATH")
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="csp-bus-bench-redis-")
     process = subprocess.Popen(
         [*_taskset(SERVER_CORE), binary, "--port", str(port), "--bind", "127.0.0.1",

@@ -26,7 +26,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,10 @@ from pathlib import Path
 
 import trio
 import trio.lowlevel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peers import free_port
 
 APP = textwrap.dedent(
     """
@@ -65,12 +68,6 @@ APP = textwrap.dedent(
     ]
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

@@ -58,7 +58,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _peers import peer_python  # noqa: E402
+from _peers import free_port, peer_python, wait_port  # noqa: E402
 
 PEER_DIR = HERE / "peers"
 CLIENT = PEER_DIR / "ws_client.py"
@@ -85,29 +85,10 @@ FANOUT_RATIO_TARGET = 3.0
 # ----------------------------------------------------------------------- process helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def taskset(core: str, command: list[str]) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", core, *command]
     return command
-
-
-def wait_port(port: int, process: subprocess.Popen[Any], limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def tree(pid: int) -> list[int]:
