@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from types import TracebackType
 
 import trio
@@ -45,13 +46,17 @@ class ReplyChannel:
     name is unregistered when the connection ends.
     """
 
-    __slots__ = ("_dispatcher", "_receiver", "_sender", "name", "overrun")
+    __slots__ = ("_dispatcher", "_receiver", "_sender", "name", "overrun", "wakeup")
 
     def __init__(self, dispatcher: ReplyDispatcher, name: str, buffer: int) -> None:
         self._dispatcher = dispatcher
         self.name = name
         self._sender, self._receiver = trio.open_memory_channel[Message](buffer)
         self.overrun = False
+        #: called (synchronously, by the dispatcher's task) after each message is put in
+        #: the buffer and when the connection is cut off: a connection that waits on its
+        #: socket and its replies in one task sets it instead of parking in receive()
+        self.wakeup: Callable[[], object] | None = None
 
     async def receive(self) -> Message:
         """The next message for this connection. Raises :class:`ReplyOverrun` when the
@@ -129,6 +134,8 @@ class ReplyDispatcher:
             try:
                 await channel._sender.send(message)
                 self.delivered += 1
+                if channel.wakeup is not None:
+                    channel.wakeup()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.dropped += 1
             return
@@ -137,6 +144,8 @@ class ReplyDispatcher:
         logger.warning("%s: connection too slow to take its replies; cutting it off", channel.name)
         channel._sender.close()  # its receiver sees EndOfChannel -> ReplyOverrun
         self._channels.pop(channel.name, None)
+        if channel.wakeup is not None:
+            channel.wakeup()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Receive on the prefix until cancelled or the layer closes.
@@ -173,7 +182,13 @@ class ReplyDispatcher:
                     channel.overrun = True
                     channel._sender.close()
                     channels.pop(name, None)
+                    if channel.wakeup is not None:
+                        channel.wakeup()
                 else:
                     await self._hand_over(channel, message)
+                continue
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.dropped += 1
+                continue
+            if channel.wakeup is not None:
+                channel.wakeup()

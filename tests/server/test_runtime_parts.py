@@ -129,6 +129,37 @@ async def test_a_connection_that_cannot_keep_up_is_cut_off() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_wakeup_is_called_for_each_reply_and_on_overrun() -> None:
+    # A connection that waits on its socket and its replies in one task is told by
+    # this hook instead of parking in receive().
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=2, overrun_timeout=0.1)
+        await nursery.start(dispatcher.run)
+        calls: list[int] = []
+        cut_off = trio.Event()
+        with dispatcher.open_channel() as reply:
+
+            def wakeup() -> None:
+                calls.append(len(calls))
+                if reply.overrun:
+                    cut_off.set()
+
+            reply.wakeup = wakeup
+            await layer.send(reply.name, {"n": 0})
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == [0] and reply.receive_nowait() == {"n": 0}
+            for n in range(1, 4):  # two fit; the third waits 0.1 s, then the cut-off
+                await layer.send(reply.name, {"n": n})
+            with trio.fail_after(2):
+                await cut_off.wait()
+            assert calls == [0, 1, 2, 3]  # two delivered, then the cut-off
+            assert reply.receive_nowait() == {"n": 1}
+            assert reply.receive_nowait() == {"n": 2}
+            with pytest.raises(ReplyOverrun):
+                reply.receive_nowait()
+        nursery.cancel_scope.cancel()
+
+
 def test_adapters_are_found_by_entry_point() -> None:
     assert available_adapters()["http"] == "csp_bus.adapters.http"
     http = load_adapter("http")
