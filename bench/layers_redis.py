@@ -16,8 +16,18 @@ round trips; channels_redis on its ``new_channel()``); N producer/consumer pairs
 consumer reads its own reply channel: ``new_channel()`` for channels_redis, a
 ``new_channel("b.i!")`` prefix per pair for csp-bus; csp-bus also with plain channels and
 with the interface-server pattern) in messages/s; send_group to 1,000 members, from the
-call until every member's waiting receive returned, and read by one task; the 1,000
-``group_add`` calls; csp-bus alone: the same with 10,000 members.
+call until every member's task has its message; the 1,000 ``group_add`` calls; csp-bus
+alone: the same with 10,000 members.
+
+send_group, like for like: every member is a task of its own that must get the message.
+The headline reads each system the way its deployments do. csp-bus: the server's own
+``ReplyDispatcher`` (DESIGN.md 5): one ``receive`` loop on the process prefix hands each
+message to its member's task through a bounded Trio memory channel. channels_redis: each
+member task awaits ``receive()`` on its own ``new_channel()``, as a Channels consumer does
+(``RedisChannelLayer`` itself runs one loop per prefix and hands each message to the
+channel's queue: the same structure). Also printed: csp-bus with 1,000 tasks each in
+``receive(prefix)``, and every system read by one task (csp-bus: the receive loop alone;
+channels_redis: one task receiving the channels one after another).
 
 Setup (the peers' venv is created on first use; by hand it is)::
 
@@ -27,6 +37,7 @@ Setup (the peers' venv is created on first use; by hand it is)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -48,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peers import free_port, peer_python
 
 from csp_bus import open_layer
+from csp_bus.server.dispatcher import ReplyChannel, ReplyDispatcher
 
 HERE = Path(__file__).resolve().parent
 MESSAGE = {"type": "bench.message", "text": "hello", "n": 1}
@@ -162,40 +174,74 @@ async def csp_pairs(url: str, count: int, per_pair: int, kind: str) -> float:
 
 
 async def csp_group(url: str, members: int) -> dict[str, float]:
-    async with open_layer(url) as layer:
-        names = [f"bench.g!m{i}" for i in range(members)]
-        start = time.perf_counter()
-        for name in names:
-            await layer.group_add("bench-group", name)
-        add_seconds = time.perf_counter() - start
-        done = trio.Event()
-        received = 0
+    """send_group to ``members`` channels of one process prefix, three ways of reading:
 
-        async def waiter() -> None:
+    * ``group_ms`` (the headline): the interface-server pattern (DESIGN.md 5), with the
+      server's own :class:`ReplyDispatcher`: one receive loop on the process prefix hands
+      each message to its member's task through a bounded Trio memory channel; until
+      every member task has its message;
+    * ``group_waiters_ms``: ``members`` tasks each in ``receive(prefix)``;
+    * ``group_one_task_ms``: one task receives them all (the receive loop alone).
+    """
+    async with open_layer(url) as layer:
+        dispatcher = ReplyDispatcher(layer, "bench.g")
+        channels = [dispatcher.open_channel() for _ in range(members)]
+        prefix = dispatcher.prefix
+        start = time.perf_counter()
+        for channel in channels:
+            await layer.group_add("bench-group", channel.name)
+        add_seconds = time.perf_counter() - start
+        received = 0
+        done = trio.Event()
+
+        def got() -> None:
             nonlocal received
-            await layer.receive("bench.g!")
             received += 1
             if received == members:
                 done.set()
 
+        async def member(channel: ReplyChannel) -> None:
+            await channel.receive()
+            got()
+
         async with trio.open_nursery() as nursery:
-            for _ in range(members):
-                nursery.start_soon(waiter)
-            await trio.sleep(0.5)  # every receive is waiting
+            await nursery.start(dispatcher.run)
+            for channel in channels:
+                nursery.start_soon(member, channel)
+            await trio.sleep(0.5)  # every member task and the loop are waiting
             start = time.perf_counter()
             await layer.send_group("bench-group", MESSAGE)
             await done.wait()
-            elapsed = time.perf_counter() - start
+            server = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+        assert dispatcher.delivered == members, dispatcher.delivered
 
-        # the same broadcast read by one task (a server's receive loop)
+        # every member task in its own receive on the prefix
+        received, done = 0, trio.Event()
+
+        async def waiter() -> None:
+            await layer.receive(prefix)
+            got()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(members):
+                nursery.start_soon(waiter)
+            await trio.sleep(0.5)
+            start = time.perf_counter()
+            await layer.send_group("bench-group", MESSAGE)
+            await done.wait()
+            waiters = time.perf_counter() - start
+
+        # the same broadcast read by one task (a server's receive loop alone)
         start = time.perf_counter()
         await layer.send_group("bench-group", MESSAGE)
         for _ in range(members):
-            await layer.receive("bench.g!")
+            await layer.receive(prefix)
         one_task = time.perf_counter() - start
         await layer.flush()
         return {
-            "group_ms": elapsed * 1000,
+            "group_ms": server * 1000,
+            "group_waiters_ms": waiters * 1000,
             "group_one_task_ms": one_task * 1000,
             "group_add_s": add_seconds,
         }
@@ -204,10 +250,11 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
 # ------------------------------------------------------------------------ peers
 
 
-def peer_figures(port: int, kind: str) -> dict[str, float]:
+def peer_figures(port: int, kind: str, group_only: bool = False) -> dict[str, float]:
     python = peer_python(PEER_REQUIREMENTS)
+    script = [str(python), str(HERE / "peers" / "channels_redis_peer.py"), str(port), kind]
     out = subprocess.run(
-        [str(python), str(HERE / "peers" / "channels_redis_peer.py"), str(port), kind],
+        script + (["group"] if group_only else []),
         check=True, capture_output=True, text=True, timeout=600,
     ).stdout  # fmt: skip
     return json.loads(out)  # type: ignore[no-any-return]
@@ -227,11 +274,11 @@ def _cell(values: list[float], unit: str = "", digits: int = 0) -> str:
     return f"{_median(values):{f}}{unit} ({min(values):{f}}-{max(values):{f}})"
 
 
-def bench_redis(runs: int = RUNS) -> None:
+def bench_redis(runs: int = RUNS, group_only: bool = False) -> None:
     process, port, workdir = start_server()
     # generous timeouts: on a shared, overloaded VM a pinned server can stall for seconds
     base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000&timeout=30&connect_timeout=10"
-    group_url = base + "&channel_capacity=bench.g!:20000"
+    group_url = base + "&channel_capacity=bench.g.*:20000"
     figures: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -251,32 +298,36 @@ def bench_redis(runs: int = RUNS) -> None:
     try:
         for run in range(runs):
             print(f"   run {run + 1}/{runs} ...", file=sys.stderr, flush=True)
-            add("ceiling", redis_benchmark(port))
-            add("csp.sequential", measure("sequential", trio.run, csp_sequential, base, 3000))
-            for count, per_pair in ((10, 1000), (50, 400)):
-                for kind in ("reply", "plain", "server"):
-                    name = f"csp.pairs{count}.{kind}"
-                    add(name, measure(name, trio.run, csp_pairs, base, count, per_pair, kind))
+            if not group_only:
+                add("ceiling", redis_benchmark(port))
+                add("csp.sequential", measure("sequential", trio.run, csp_sequential, base, 3000))
+                for count, per_pair in ((10, 1000), (50, 400)):
+                    for kind in ("reply", "plain", "server"):
+                        name = f"csp.pairs{count}.{kind}"
+                        add(name, measure(name, trio.run, csp_pairs, base, count, per_pair, kind))
             for members in (1000, 10_000):
                 result = measure("group", trio.run, csp_group, group_url, members)
                 add(f"csp.group{members}", result["group_ms"])
+                add(f"csp.group_waiters{members}", result["group_waiters_ms"])
                 add(f"csp.group_one{members}", result["group_one_task_ms"])
                 add(f"csp.group_add{members}", result["group_add_s"] * 1000)
             for kind in ("core", "pubsub"):
-                peer = measure(kind, peer_figures, port, kind)
-                for key in ("sequential", "pairs10", "pairs50", "group_ms", "group_one_task_ms"):
+                peer = measure(kind, peer_figures, port, kind, group_only)
+                keys = ["group_ms", "group_one_task_ms"]
+                if not group_only:
+                    keys += ["sequential", "pairs10", "pairs50"]
+                for key in keys:
                     add(f"{kind}.{key}", peer[key])
                 add(f"{kind}.group_add", peer["group_add_s"] * 1000)
     finally:
         process.kill()
         process.wait(60)
         shutil.rmtree(workdir, ignore_errors=True)
-    report(figures, runs)
+    report(figures, runs, group_only)
 
 
-def report(figures: dict[str, list[float]], runs: int) -> None:
+def report(figures: dict[str, list[float]], runs: int, group_only: bool = False) -> None:
     m: Callable[[str], float] = lambda name: _median(figures[name])  # noqa: E731
-    ceiling = m("ceiling")
     print(f"\n== redis:// vs channels_redis 4.3 (same private redis-server, {runs} runs, medians)")
     header = f"{'figure':<34}{'csp-bus':>24}{'RedisChannelLayer':>24}{'RedisPubSub':>24}"
     print(header + f"{'vs core':>9}{'vs pubsub':>10}")
@@ -285,13 +336,20 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
         ("10 pairs, reply channels msg/s", "csp.pairs10.reply", "core.pairs10", "pubsub.pairs10"),
         ("50 pairs, reply channels msg/s", "csp.pairs50.reply", "core.pairs50", "pubsub.pairs50"),
     ]
-    for label, ours, core, pubsub in rows:
+    for label, ours, core, pubsub in [] if group_only else rows:
         print(
             f"{label:<34}{_cell(figures[ours]):>24}{_cell(figures[core]):>24}"
             f"{_cell(figures[pubsub]):>24}{m(ours) / m(core):>8.1f}x{m(ours) / m(pubsub):>9.1f}x"
         )
     for label, ours, core, pubsub, digits in (
-        ("send_group 1,000: ms to all", "csp.group1000", "core.group_ms", "pubsub.group_ms", 1),
+        ("send_group 1,000: ms to all (*)", "csp.group1000", "core.group_ms", "pubsub.group_ms", 1),
+        (
+            "  same, 1,000 receives waiting: ms",
+            "csp.group_waiters1000",
+            "core.group_ms",
+            "pubsub.group_ms",
+            1,
+        ),
         (
             "  same, read by one task: ms",
             "csp.group_one1000",
@@ -312,9 +370,22 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
             f"{label:<34}{cells[0]:>24}{cells[1]:>24}{cells[2]:>24}"
             f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (faster)"
         )
-    print(f"{'send_group 10,000: ms to all':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
+    print(f"{'send_group 10,000: ms to all (*)':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
+    print(
+        f"{'  same, 10,000 receives waiting: ms':<34}"
+        f"{_cell(figures['csp.group_waiters10000'], ' ms'):>24}"
+    )
     print(f"{'  same, read by one task: ms':<34}{_cell(figures['csp.group_one10000'], ' ms'):>24}")
     print(f"{'10,000 group_add calls: ms':<34}{_cell(figures['csp.group_add10000'], ' ms'):>24}")
+    print(
+        "(*) until every member's task has its message. csp-bus: one receive loop on the\n"
+        "    process prefix hands each message to its member's task (DESIGN.md 5, how an\n"
+        "    interface server reads); channels_redis: each member task awaits its own\n"
+        "    new_channel() (a Channels consumer; the layer itself runs one loop per prefix)."
+    )
+    if group_only:
+        return
+    ceiling = m("ceiling")
     print("\n-- csp-bus pairs by channel kind (msg/s) and the redis-benchmark ceiling")
     print(f"{'redis-benchmark -c 50 -P 1 LPUSH':<34}{_cell(figures['ceiling']):>24} req/s")
     for count in (10, 50):
@@ -333,7 +404,11 @@ def report(figures: dict[str, list[float]], runs: int) -> None:
 def main() -> None:
     if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):  # type: ignore[operator]
         os.sched_setaffinity(0, {1})
-    bench_redis()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--group-only", action="store_true", help="only the send_group figures")
+    args = parser.parse_args()
+    bench_redis(args.runs, args.group_only)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """channels_redis measured the way bench/layers_redis.py measures csp-bus's redis://.
 
 Runs in the peers' venv (asyncio): ``python channels_redis_peer.py PORT CLASS``, CLASS
-``core`` (RedisChannelLayer) or ``pubsub`` (RedisPubSubChannelLayer). Prints one JSON
-object of figures. Each pair's consumer reads its own ``new_channel()`` reply channel,
-which is how Channels uses reply channels (and the only kind the PubSub layer can wait
-on before the message is sent).
+``core`` (RedisChannelLayer) or ``pubsub`` (RedisPubSubChannelLayer); a third argument
+``group`` measures only the group figures. Prints one JSON object of figures. Each
+pair's consumer reads its own ``new_channel()`` reply channel, which is how Channels uses
+reply channels (and the only kind the PubSub layer can wait on before the message is sent).
 """
 
 import asyncio
@@ -77,12 +77,13 @@ async def group(layer, members):
     return {"group_ms": group_ms, "group_one_task_ms": one_task_ms, "group_add_s": add_seconds}
 
 
-async def main(port, kind):
+async def main(port, kind, group_only):
     result = {}
     layer = make(kind, port)
-    result["sequential"] = await sequential(layer, 500)
-    result["pairs10"] = await pairs(layer, 10, 100)
-    result["pairs50"] = await pairs(layer, 50, 20)
+    if not group_only:
+        result["sequential"] = await sequential(layer, 500)
+        result["pairs10"] = await pairs(layer, 10, 100)
+        result["pairs50"] = await pairs(layer, 50, 20)
     result.update(await group(layer, 1000))
     await layer.flush()
     if hasattr(layer, "close_pools"):
@@ -91,4 +92,4 @@ async def main(port, kind):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["group"]))
