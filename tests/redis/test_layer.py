@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from csp_bus import open_layer
-from csp_bus.errors import InvalidLayerURL
+from csp_bus.errors import InvalidLayerURL, LayerClosed
 from csp_bus.layers.redis import RedisLayer
 from csp_bus.layers.redis.client import Connection, ConnectOptions, Endpoint
 from csp_bus.layers.redis.layer import LINGER
@@ -141,6 +141,32 @@ async def test_send_group_to_ten_thousand_members(redis_url: str) -> None:
         stats = await layer.stats()
         assert stats["groups"] == {"huge": members}
         await layer.flush()
+
+
+async def test_buffered_fan_out_receive_honours_cancel_close_and_copies(redis_url: str) -> None:
+    """The fast path of a receive on a prefix with a buffered send_group envelope: a
+    cancelled receive takes nothing, each member gets its own copy, a closed layer
+    refuses; in member order (FIFO within the envelope)."""
+    names = [f"fast!m{n}" for n in range(4)]
+    async with open_layer(redis_url) as layer:
+        for name in names:
+            await layer.group_add("fast", name)
+        await layer.send_group("fast", {"text": "hi", "n": 1})
+        first_channel, first = await layer.receive("fast!")  # the envelope is buffered
+        first["n"] = 2
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await layer.receive("fast!")
+        assert scope.cancelled_caught
+        rest = [await layer.receive("fast!") for _ in range(3)]
+        assert [first_channel, *(channel for channel, _ in rest)] == names
+        assert [message for _, message in rest] == [{"text": "hi", "n": 1}] * 3
+        assert rest[0][1] is not rest[1][1]
+        await layer.send_group("fast", {"text": "again"})
+        await layer.receive("fast!")
+        await layer.flush()
+    with pytest.raises(LayerClosed):
+        await layer.receive("fast!")
 
 
 async def test_full_member_is_skipped_and_counted(

@@ -518,6 +518,28 @@ class RedisLayer(ChannelLayer):
         return item[1], message
 
     async def receive(self, *channels: str) -> tuple[str, Message]:
+        # Fast path, the receive loop of a server (DESIGN.md 5) draining a send_group:
+        # one process-local prefix whose buffer holds a live message. A key is in
+        # self._local only once validated; an expired entry takes the full path.
+        queue = self._local.get(channels[0]) if len(channels) == 1 else None
+        if queue is not None and queue.buffer:
+            entry = queue.buffer[0]
+            members = entry[1]
+            if entry[0] > _now_ms() and members and self._opened and not self._closed:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if queue.buffer and queue.buffer[0] is entry and members:
+                    payload = entry[2]
+                    if len(members) > 1:
+                        self._shared(payload)
+                    item = (entry[0], members.pop(), payload)
+                    if not members:
+                        queue.buffer.popleft()
+                    self._rotation += 1
+                    queue.served = self._rotation
+                    queue.touched = trio.current_time()
+                    found = self._decoded(item)
+                    if found is not None:
+                        return found
         local_keys, normal_keys = self._selector(channels)
         # looked up on every call: an idle prefix's queue is dropped (see _read_loop)
         queues = tuple(map(self._local_queue, local_keys)) if local_keys else ()
