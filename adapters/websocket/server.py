@@ -5,20 +5,25 @@ front parses each request head (with its header size limit and timeout) and hand
 ``Upgrade: websocket`` requests to :meth:`WebSocketAdapter.handle_upgrade`. With
 ``--adapter websocket`` alone, plain HTTP requests get 404.
 
-Per connection, three small tasks share one :class:`~.protocol.WebSocketConnection`:
+Per connection, one task (DESIGN.md 5) around one :class:`~.protocol.WebSocketConnection`.
+It waits on three things at once: the socket (``receive_some``), its replies (the reply
+dispatcher calls :attr:`ReplyChannel.wakeup`, which cancels that wait) and its next
+deadline (handshake timeout: 504; keep-alive ping; the wait for the peer's Close). An
+idle connection is that one parked task; helpers run only while it is busy:
 
-* the *reader* reads the socket and sends ``websocket.receive``. It waits
-  (``send_wait``) while that channel is full, and reading the socket stops meanwhile:
-  TCP flow control slows the client down instead of anything being dropped. Still
-  full after ``--ws-receive-timeout``: close 1013 (try again later).
-* the *replier* takes what the application sends on ``reply_channel`` and never
-  blocks on the socket, so one slow client cannot hold up the process's reply
-  dispatcher. It also runs the handshake timeout (504), keep-alive pings, and the wait
-  for the peer's Close.
-* the *writer* writes. Bytes waiting for a slow client are bounded by
-  ``--ws-max-send-buffer`` (one message is always let through, whatever its size):
-  over it, the pending frames are dropped and the connection is closed with 1008
-  (policy violation: the client does not read).
+* reading: frames go to ``websocket.receive`` with a non-blocking ``send``. When that
+  channel is full, a *drain* helper waits (``send_wait``) and the task stops reading the
+  socket meanwhile: TCP flow control slows the client down instead of anything being
+  dropped. Still full after ``--ws-receive-timeout``: close 1013 (try again later).
+  Replies keep flowing while it waits.
+* writing: frames are written straight to the socket without blocking; what it does
+  not take goes to a *writer* helper, so one slow client never holds up the process's
+  reply dispatcher. Bytes waiting for a slow client are bounded by
+  ``--ws-max-send-buffer`` (one message is always let through, whatever its size): over
+  it, the pending frames are dropped and the connection is closed with 1008 (policy
+  violation: the client does not read).
+* TLS streams (``--certfile``) are read by a *reader* helper and written by the writer
+  helper: the direct paths need the plain socket.
 
 Shutdown: when the server stops, every connection is closed with 1001 (going away),
 or with ``runtime.extensions["websocket.shutdown_code"]`` when a restarting server set
@@ -31,6 +36,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +104,7 @@ class WebSocketServerConfig:
 
 
 class _Session:
-    """One WebSocket connection: the three tasks and what they share."""
+    """One WebSocket connection: one task, plus helpers only while it is busy."""
 
     # Thousands of idle connections each hold one: slots keep them small.
     __slots__ = (
@@ -106,11 +112,14 @@ class _Session:
         "closing_deadline",
         "config",
         "connect_delivered",
+        "draining",
         "ending",
+        "fd",
         "handshake_deadline",
         "handshake_written",
         "kicked",
         "layer",
+        "nursery",
         "pending",
         "pending_size",
         "read_scope",
@@ -120,8 +129,7 @@ class _Session:
         "stream",
         "upgrade",
         "wait_scope",
-        "wake_writer",
-        "write_scope",
+        "write_done",
         "ws",
     )
 
@@ -135,22 +143,28 @@ class _Session:
         self.server = server
         self.upgrade = upgrade
         self.stream = upgrade.stream
+        #: a plain TCP socket is read by the connection task itself and written to
+        #: without blocking; another stream (TLS) gets a reader task and a writer task
+        self.fd = self.stream.socket.fileno() if isinstance(self.stream, trio.SocketStream) else -1
         self.reply = reply
         self.ws = ws
         self.layer = server.runtime.layer
         self.config = server.config
-        #: frames waiting for the writer (a list: usually empty, and a deque costs more)
+        self.nursery: trio.Nursery | None = None
+        #: frames waiting for the writer task (a list: usually empty, and a deque costs more)
         self.pending: list[bytes] = []
         self.pending_size = 0
-        self.wake_writer = trio.lowlevel.ParkingLot()
-        self.write_scope: trio.CancelScope | None = None
+        #: set while a writer task runs (the socket was full), and when it ends
+        self.write_done: trio.Event | None = None
         self.handshake_written = False
         #: the socket failed: nothing more can be written
         self.broken = False
-        #: the protocol is CLOSED: the writer flushes what is left, then the session ends
+        #: the protocol is CLOSED: what is left is flushed, then the session ends
         self.ending = False
         self.read_scope: trio.CancelScope | None = None
         self.kicked = False
+        #: a helper waits for room in a full websocket.receive (the socket is not read)
+        self.draining = False
         #: websocket.connect reached the bus, so websocket.disconnect is owed
         self.connect_delivered = False
         self.wait_scope: trio.CancelScope | None = None
@@ -161,31 +175,50 @@ class _Session:
     # -- output, never blocking ------------------------------------------------------------
 
     def flush(self) -> None:
-        """Move what the protocol wants to send to the writer's queue."""
+        """Send what the protocol wants to send: straight to the socket when it takes it
+        all, else queued for a writer task."""
         data = self.ws.data_to_send()
-        if data:
-            self.pending.append(data)
-            self.pending_size += len(data)
-            self.wake_writer.unpark_all()
-            # One message is always let through, however big (the bus bounds it):
-            # the limit is on what piles up behind it.
-            if self.pending_size > self.config.max_send_buffer and len(self.pending) > 1:
-                self.overflow()
+        if data and not self.broken:
+            if self.write_done is None and self.fd >= 0:
+                try:
+                    sent = os.write(self.fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self.broken = True
+                    self.ws.connection_lost()
+                    sent = len(data)
+                if sent == len(data):
+                    self.handshake_written = True
+                else:
+                    self.queue(data[sent:] if sent else data)
+            else:
+                self.queue(data)
         state = self.ws.state
         if state is State.CLOSING and self.closing_deadline == math.inf:
             self.closing_deadline = trio.current_time() + self.config.close_timeout
-            self.nudge()
+            self.wake()
         elif state is State.CLOSED and not self.ending:
             self.end()
 
+    def queue(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.write_done is None:
+            if self.nursery is None:  # the session is over
+                self.broken = True
+                return
+            self.write_done = trio.Event()
+            self.nursery.start_soon(self.writer)
+        # One message is always let through, however big (the bus bounds it):
+        # the limit is on what piles up behind it.
+        if self.pending_size > self.config.max_send_buffer and len(self.pending) > 1:
+            self.overflow()
+
     def end(self) -> None:
-        """The protocol is done: let the writer flush (for ``close_timeout`` at most)."""
+        """The protocol is done: the session flushes (for ``close_timeout`` at most)."""
         self.ending = True
-        self.wake_writer.unpark_all()
-        if self.write_scope is not None:
-            self.write_scope.deadline = min(
-                self.write_scope.deadline, trio.current_time() + self.config.close_timeout
-            )
+        self.wake()
 
     def overflow(self) -> None:
         # The client reads slower than the application writes. Frames not yet handed to
@@ -207,24 +240,19 @@ class _Session:
             self.broken = True  # the 101 itself is stuck: just drop the connection
         self.ws.connection_lost()
 
-    def nudge(self) -> None:
-        """Make the replier recompute its deadline (shutdown, closing, new state)."""
+    def wake(self) -> None:
+        """Make the connection task look again (a reply, a deadline, a new state)."""
         if self.wait_scope is not None:
-            self.wait_scope.deadline = trio.current_time()
+            self.wait_scope.cancel()
 
-    # -- the three tasks -------------------------------------------------------------------
+    nudge = wake
+
+    # -- the connection task and its helpers -----------------------------------------------
 
     async def writer(self) -> None:
-        """Write pending frames until the session ends (runs as the nursery's body)."""
-        with trio.CancelScope() as self.write_scope:
-            if self.ending:
-                self.write_scope.deadline = trio.current_time() + self.config.close_timeout
-            while not self.broken:
-                if not self.pending:
-                    if self.ending:
-                        break
-                    await self.wake_writer.park()
-                    continue
+        """Helper while the socket does not take everything: write what is pending."""
+        try:
+            while self.pending and not self.broken:
                 pending = self.pending
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
                 pending.clear()
@@ -236,13 +264,22 @@ class _Session:
                     self.ws.connection_lost()
                     break
                 self.handshake_written = True
-        self.write_scope = None
+        finally:
+            self.pending.clear()
+            self.pending_size = 0
+            done, self.write_done = self.write_done, None
+            if done is not None:
+                done.set()
+            if self.broken and self.ws.state is State.CLOSED and not self.ending:
+                self.end()
+            self.wake()
 
     async def reader(self) -> None:
-        # The reader is the only task that takes events out of the protocol (until the
-        # session ends), so they reach the bus in order. While the handshake waits for
-        # the application, its read can be cancelled ("kicked") so that frames sent
-        # before the accept are handed over as soon as it comes.
+        # Helper for streams other than a plain socket (TLS): reads the stream and is
+        # then the only task that takes events out of the protocol, so they reach the
+        # bus in order. While the handshake waits for the application, its read can be
+        # cancelled ("kicked") so that frames sent before the accept are handed over as
+        # soon as it comes.
         ws = self.ws
         while True:
             data: bytes | bytearray | None = None
@@ -264,6 +301,54 @@ class _Session:
             if data == b"":
                 return
 
+    async def serve(self) -> None:
+        """The connection task: waits on the socket (when it reads it), its replies and
+        its next deadline at once, without a task per direction."""
+        ws = self.ws
+        reply = self.reply
+        inline = self.fd >= 0
+        eof = False
+        reply.wakeup = self.wake
+        while True:
+            if self.kicked and inline and not self.draining:
+                self.kicked = False
+                await self.handle_events(wait=False)
+            # From here to the wait nothing awaits: a reply that comes now finds the
+            # wait scope and cancels it.
+            try:
+                while (message := reply.receive_nowait()) is not None:
+                    self.apply(message)
+                    self.flush()
+            except ReplyOverrun:
+                # The dispatcher gave up on us: replies came faster than we took
+                # them. Close without waiting for the (equally slow) peer.
+                ws.close(1008, "client too slow")
+                ws.connection_lost()
+            if ws.state is not State.CLOSED:
+                now = trio.current_time()
+                if now >= self.next_deadline():
+                    self.on_deadline(now)
+            self.flush()
+            if self.ending:
+                return
+            if self.kicked and inline and not self.draining:
+                continue
+            data: bytes | bytearray | None = None
+            with trio.CancelScope(deadline=self.next_deadline()) as self.wait_scope:
+                if inline and not eof and not self.draining:
+                    try:
+                        data = await self.stream.receive_some(_READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                else:
+                    await trio.sleep_forever()
+            self.wait_scope = None
+            if data is not None:
+                if not data:
+                    eof = True
+                ws.receive_data(data)
+                await self.handle_events(wait=False)
+
     def kick_reader(self) -> None:
         """Make the reader look at the protocol's events now (a cancelled
         ``receive_some`` loses no data)."""
@@ -271,7 +356,10 @@ class _Session:
         if self.read_scope is not None:
             self.read_scope.cancel()
 
-    async def handle_events(self, *, final: bool = False) -> None:
+    async def handle_events(self, *, final: bool = False, wait: bool = True) -> None:
+        """Hand the protocol's events to the bus. With ``wait=False`` (the connection
+        task), a full ``websocket.receive`` is waited for by a helper task, which takes
+        over the events meanwhile; the connection task stops reading the socket."""
         ws = self.ws
         while True:
             try:
@@ -286,16 +374,39 @@ class _Session:
                 if final:  # the connection is gone: no waiting for room any more
                     with contextlib.suppress(ChannelFull, InvalidMessage, LayerError):
                         await self.layer.send(self.config.receive_channel, event.message)
-                else:
+                elif wait:
                     await self.send_receive(event.message)
+                elif not await self.send_receive(event.message, wait=False):
+                    assert self.nursery is not None
+                    self.draining = True
+                    self.nursery.start_soon(self.drain, event.message)
+                    return
             elif isinstance(event, Disconnected) and self.connect_delivered:
                 await self.send_disconnect(event.message)
 
-    async def send_receive(self, message: dict[str, Any]) -> None:
+    async def drain(self, message: dict[str, Any]) -> None:
+        """Helper while ``websocket.receive`` is full: wait for room (then go on with
+        the events read so far), or close with 1013 after ``--ws-receive-timeout``."""
         try:
-            await self.layer.send_wait(
-                self.config.receive_channel, message, timeout=self.config.receive_timeout
-            )
+            await self.send_receive(message)
+            await self.handle_events()
+            self.flush()
+        finally:
+            self.draining = False
+            self.wake()
+
+    async def send_receive(self, message: dict[str, Any], *, wait: bool = True) -> bool:
+        """Send ``websocket.receive``; False when ``wait`` is off and the channel is full."""
+        try:
+            if wait:
+                await self.layer.send_wait(
+                    self.config.receive_channel, message, timeout=self.config.receive_timeout
+                )
+            else:
+                try:
+                    await self.layer.send(self.config.receive_channel, message)
+                except ChannelFull:
+                    return False
         except ChannelFull:
             logger.warning(
                 "%s is full for %gs: closing %s with 1013",
@@ -312,6 +423,7 @@ class _Session:
             logger.warning("cannot send %s: %s", self.config.receive_channel, exc)
             self.ws.close(1011, "the bus is unavailable")
             self.flush()
+        return True
 
     async def send_disconnect(self, message: dict[str, Any]) -> None:
         # The application cleans up (group_discard) on this message: deliver it even
@@ -334,31 +446,6 @@ class _Session:
             return self.closing_deadline
         deadline = self.ws.next_deadline()
         return math.inf if deadline is None else deadline
-
-    async def replier(self) -> None:
-        ws = self.ws
-        while ws.state is not State.CLOSED:
-            message = None
-            with trio.CancelScope(deadline=self.next_deadline()) as scope:
-                self.wait_scope = scope
-                try:
-                    message = await self.reply.receive()
-                except ReplyOverrun:
-                    # The dispatcher gave up on us: replies came faster than we took
-                    # them. Close without waiting for the (equally slow) peer.
-                    ws.close(1008, "client too slow")
-                    ws.connection_lost()
-            self.wait_scope = None
-            if message is not None:
-                self.apply(message)
-            # (apply() and on_deadline() change ws.state: mypy's narrowing from the loop
-            # condition does not see that.)
-            elif (
-                ws.state is not State.CLOSED  # type: ignore[comparison-overlap]
-                and trio.current_time() >= self.next_deadline()
-            ):
-                self.on_deadline(trio.current_time())
-            self.flush()
 
     def on_deadline(self, now: float) -> None:
         ws = self.ws
@@ -421,23 +508,31 @@ class _Session:
     async def run(self) -> None:
         ws = self.ws
         try:
-            event = ws.next_event()
-        except WebSocketProtocolError as exc:
-            self.status = exc.hint or 400
-        else:
-            assert isinstance(event, ConnectRequest)
-            await self.connect(event)
-            del event  # the connect message is not kept for the life of the connection
-        self.flush()
-        self.server.sessions.add(self)
-        try:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    event = ws.next_event()
+                except WebSocketProtocolError as exc:
+                    self.status = exc.hint or 400
+                else:
+                    assert isinstance(event, ConnectRequest)
+                    await self.connect(event)
+                    del event  # the connect message is not kept for the life of the connection
+                self.flush()
+                self.server.sessions.add(self)
                 if not self.ending:
-                    nursery.start_soon(self.reader)
-                    nursery.start_soon(self.replier)
-                await self.writer()
+                    if self.fd < 0:
+                        nursery.start_soon(self.reader)
+                    await self.serve()
+                # Flush what is left (for close_timeout at most), then stop the helpers.
+                done = self.write_done
+                if done is not None:
+                    with trio.move_on_after(self.config.close_timeout):
+                        await done.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self.nursery = None
+            self.reply.wakeup = None
             self.server.sessions.discard(self)
             if ws.state is not State.CLOSED:
                 ws.connection_lost()

@@ -6,6 +6,9 @@ blocking client run in a thread); hostile or silent ones are a raw wsproto clien
 
 from __future__ import annotations
 
+import shutil
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,8 @@ from wsproto.events import (
     RejectConnection,
     TextMessage,
 )
+
+from csp_bus.server import ServerConfig
 
 WSServer = Any  # the conftest's server handle (test folders are not packages)
 CHANNELS_ALL = ("websocket.connect", "websocket.receive", "websocket.disconnect")
@@ -580,3 +585,58 @@ async def test_http_and_websocket_share_the_port(
     await client.send(TextMessage(data="same port"))
     assert await client.events(1) == [TextMessage(data="same port")]
     await client.aclose()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_wss_echo_big_messages_and_close(
+    serve: Any, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Over TLS the connection is read and written by helper tasks (the direct paths
+    # need the plain socket): the same behaviour, big messages included.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await trio.run_process(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    server: WSServer = await serve(
+        nursery,
+        server=ServerConfig(
+            binds=(("127.0.0.1", 0),), certfile=str(cert), keyfile=str(key), graceful_timeout=5
+        ),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def client() -> tuple[Any, ...]:
+        url = f"wss://127.0.0.1:{server.port}/tls"
+        with connect(url, ssl=context, compression=None) as ws:
+            ws.send("hello")
+            text = ws.recv(timeout=5)
+            big = b"y" * 500_000
+            for _ in range(3):
+                ws.send(big)
+            echoed = [ws.recv(timeout=5) for _ in range(3)]
+            ws.close(4001)
+            return text, echoed == [big] * 3
+
+    assert await in_thread(client) == ("hello", True)
+    await server.wait_for("websocket.disconnect")
+    assert server.of("websocket.connect")[0]["scheme"] == "wss"
+    assert server.of("websocket.disconnect")[0]["code"] == 4001
