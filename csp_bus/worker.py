@@ -4,11 +4,12 @@
 :func:`csp_bus.embedded.run_workers`) receives on the union of the channels its routes
 name and hands each message to its consumer (DESIGN.md section 6):
 
-* **Bounded.** The worker runs ``threads`` *lanes*: a lane receives one message, runs
-  its consumer, and only then receives the next, so the worker never holds a message
-  it cannot start. With every lane busy nobody receives, and the messages wait on the
-  layer (where capacity and expiry apply) for this or another worker. A sync consumer
-  runs in its lane's dedicated thread (see :class:`_LaneThread` for why not
+* **Bounded.** The worker runs ``threads`` *lanes* and a pool of ``threads`` threads: a
+  lane receives one message, has its consumer run, and only then receives the next, so
+  the worker holds at most ``threads`` messages and each one it holds has a thread free
+  to start it. With every lane busy nobody receives, and the messages wait on the layer
+  (where capacity and expiry apply) for this or another worker. A sync consumer runs in
+  whichever pool thread is free first (see :class:`_Threads` for why not
   ``trio.to_thread.run_sync``); an ``async def`` consumer runs on the worker's Trio
   loop and occupies its lane too.
 * **Contained.** A consumer's exception is logged with the channel, the route and the
@@ -107,15 +108,22 @@ class WorkerStats:
     abandoned: int = 0
 
 
-class _LaneThread:
-    """One thread that runs one lane's sync consumers, one at a time.
+class _Threads:
+    """The worker's ``size`` threads that run sync consumers, one job at a time each.
 
     Why not ``trio.to_thread.run_sync``: a to_thread round trip costs about 100 us on
     the 2-vCPU test machine, and what dominates a sync consumer's cost is the number of
     times work crosses between the Trio thread and a worker thread (on a loaded core each
-    crossing waits for the GIL). This lane keeps that number low:
+    crossing waits for the GIL). This pool keeps that number low:
 
-    * the job goes in through a ``SimpleQueue`` the thread waits on (one crossing);
+    * jobs go in through one ``SimpleQueue`` that all the threads take from. A thread
+      that finishes a consumer takes the next queued job at once, without sleeping: with
+      the GIL only one consumer runs Python at a time, so under load jobs queue up while
+      one thread runs, and the thread that finished (already awake, often holding the
+      GIL) runs the next one instead of an idle thread being woken for it (bench/worker.py,
+      8 threads, 64 in flight: 130 -> 40 us of CPU per message). The worker never holds
+      more jobs than threads, so each queued job has a free thread: none waits behind a
+      busy one;
     * everything the consumer asks of the Trio thread (its layer calls, then its
       result) goes into the job's *outbox*; the first item posted while the lane task
       is waiting schedules one ``run_sync_soon`` wake-up, later ones ride along;
@@ -126,28 +134,30 @@ class _LaneThread:
       (``ChannelFull``...) is raised by the consumer's next layer call, or, when the
       consumer has returned meanwhile, counted as the consumer's failure (logged).
     * other calls (``receive``, ``group_add``, ``send_wait``...) block the consumer
-      until the lane task answers through the job's reply queue.
+      until the lane task answers through the thread's reply queue.
 
-    The lane task runs all of these itself, instead of a new system task per call as
-    ``trio.from_thread.run`` with a token does.
+    The lane task that submitted a job runs all of these itself, instead of a new
+    system task per call as ``trio.from_thread.run`` with a token does.
 
-    The thread only ever runs user code (the consumer); it starts on first use and is
-    told to end when the worker stops. A consumer still running when the grace period
-    ends is *abandoned*: its lane task is cancelled, the thread finishes on its own (a
-    daemon thread), its result is ignored, and its further layer calls go through
+    The threads only ever run user code (the consumers); they start on first use and
+    are told to end when the worker stops. A consumer still running when the grace
+    period ends is *abandoned*: its lane task is cancelled, the thread finishes on its
+    own (a daemon thread), its result is ignored, and its further layer calls go through
     ``trio.from_thread`` like any other thread's (``LayerClosed`` once the program ends).
     """
 
-    __slots__ = ("_inbox", "_thread", "_token", "index")
+    __slots__ = ("_inbox", "_size", "_threads", "_token")
 
-    def __init__(self, token: trio.lowlevel.TrioToken, index: int) -> None:
+    def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
         self._token = token
-        self.index = index
+        self._size = size
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _loop(self) -> None:
         inbox = self._inbox
+        # One blocking call at a time per consumer thread: one reply queue serves them.
+        _lane_local.replies = queue.SimpleQueue()
         while (job := inbox.get()) is not None:
             _lane_local.job = job
             try:
@@ -160,13 +170,17 @@ class _LaneThread:
     async def run(
         self, consumer: Callable[..., Any], message: Message, kwargs: dict[str, str]
     ) -> None:
-        """Run ``consumer(message, **kwargs)`` in this lane's thread; return or raise as
-        it does. Cancellation abandons the consumer (see the class docstring)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._loop, name=f"csp-bus-worker-{self.index}", daemon=True
+        """Run ``consumer(message, **kwargs)`` in a pool thread; return or raise as it
+        does. Cancellation abandons the consumer (see the class docstring)."""
+        threads = self._threads
+        if len(threads) < self._size:
+            # Lazily, one more per job until all are started: at most ``size`` jobs are
+            # submitted at once, so every submitted job finds a thread.
+            thread = threading.Thread(
+                target=self._loop, name=f"csp-bus-worker-{len(threads)}", daemon=True
             )
-            self._thread.start()
+            thread.start()
+            threads.append(thread)
         job = _Job(consumer, message, kwargs, trio.lowlevel.current_task(), self._token)
         self._inbox.put(job)
 
@@ -220,7 +234,8 @@ class _LaneThread:
             raise
 
     def close(self) -> None:
-        self._inbox.put(None)
+        for _ in self._threads:
+            self._inbox.put(None)
 
 
 _lane_local = threading.local()
@@ -257,7 +272,6 @@ class _Job:
         "lock",
         "message",
         "outbox",
-        "replies",
         "task",
         "token",
         "waiting",
@@ -284,8 +298,6 @@ class _Job:
         self.lock = threading.Lock()
         self.outbox: list[_Call | _Done] = []
         self.waiting = False
-        # One blocking call at a time per consumer thread: one reply queue serves them.
-        self.replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
 
     def invoke(self) -> Any:
         """Runs in the lane thread, in the lane task's context (the worker's layer)."""
@@ -334,11 +346,12 @@ class _Job:
 
     def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs in the lane thread: have the lane task await ``function(*args)``."""
-        if not self.post(_Call(function, args, self.replies)):
+        replies: queue.SimpleQueue[outcome.Outcome[Any]] = _lane_local.replies
+        if not self.post(_Call(function, args, replies)):
             if self.finished:
                 raise LayerClosed("the Trio program that owns this layer has finished")
             raise LayerClosed("the worker stopped this consumer")
-        return self.replies.get().unwrap()  # type: ignore[no-any-return]
+        return replies.get().unwrap()  # type: ignore[no-any-return]
 
     def call_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> bool:
         """Runs in the lane thread: have the lane task await ``function(*args)`` without
@@ -348,7 +361,7 @@ class _Job:
 
 class _LaneSync(SyncLayer):
     """The blocking facade a worker gives its consumers: from a lane thread running a
-    consumer, layer calls go through that lane's task (see :class:`_LaneThread`); from
+    consumer, layer calls go through its lane's task (see :class:`_Threads`); from
     any other thread, through ``trio.from_thread`` as usual."""
 
     def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -456,12 +469,12 @@ class Worker:
         sessions = self.sessions or session_store_for(self.layer)
         token = trio.lowlevel.current_trio_token()
         context_token = _context.set(BusContext(_LaneSync(self.layer, token), sessions))
-        lanes = [_LaneThread(token, index) for index in range(self.threads)]
+        threads = _Threads(token, self.threads)
         try:
             async with trio.open_nursery() as nursery:
                 self._handlers_scope = nursery.cancel_scope
-                for lane in lanes:
-                    nursery.start_soon(self._lane, lane, nursery, requeues)
+                for index in range(self.threads):
+                    nursery.start_soon(self._lane, index, threads, nursery, requeues)
                 logger.info(
                     "worker listening on %s with %d thread(s)",
                     ", ".join(self.channels),
@@ -471,8 +484,7 @@ class Worker:
         finally:
             _context.reset(context_token)
             self._handlers_scope = None
-            for lane in lanes:
-                lane.close()
+            threads.close()
         if self.stats.abandoned:
             logger.warning(
                 "stopped; %d consumer(s) were still running after the grace period and "
@@ -483,10 +495,14 @@ class Worker:
             logger.info("stopped")
 
     async def _lane(
-        self, lane: _LaneThread, nursery: trio.Nursery, requeues: trio.CapacityLimiter
+        self,
+        index: int,
+        threads: _Threads,
+        nursery: trio.Nursery,
+        requeues: trio.CapacityLimiter,
     ) -> None:
         """One of ``threads`` lanes: receive a message only when this lane is free, run
-        its consumer (in the lane's thread when sync), repeat."""
+        its consumer (in a pool thread when sync), repeat."""
         assert self._stopping is not None
         stopping = self._stopping
         channels = self.channels
@@ -498,7 +514,7 @@ class Worker:
                 try:
                     channel, content = await receive(*channels)
                 except LayerClosed:
-                    logger.info("the layer was closed: lane %d ends", lane.index)
+                    logger.info("the layer was closed: lane %d ends", index)
                     return
                 except LayerError as exc:
                     # The backend is down (Redis restarting...): wait and try again,
@@ -516,7 +532,7 @@ class Worker:
                 logger.info("receiving again after %d failed tries", failures)
                 failures = 0
             self.stats.received += 1
-            await self._handle(lane, nursery, requeues, channel, content)
+            await self._handle(threads, nursery, requeues, channel, content)
 
     def _consumer_is_async(self, consumer: Any) -> bool:
         found = self._is_async.get(consumer)
@@ -526,7 +542,7 @@ class Worker:
 
     async def _handle(
         self,
-        lane: _LaneThread,
+        threads: _Threads,
         nursery: trio.Nursery,
         requeues: trio.CapacityLimiter,
         channel: str,
@@ -542,7 +558,7 @@ class Worker:
             if self._consumer_is_async(match.consumer):
                 await match.consumer(message, **match.kwargs)
             else:
-                await lane.run(match.consumer, message, match.kwargs)
+                await threads.run(match.consumer, message, match.kwargs)
             self.stats.handled += 1
         except ConsumeLater as exc:
             # A requeue waits its backoff in a task of its own, so the lane is free at
