@@ -531,13 +531,17 @@ class RedisLayer(ChannelLayer):
                     payload = entry[2]
                     if len(members) > 1:
                         self._shared(payload)
-                    item = (entry[0], members.pop(), payload)
+                    channel = members.pop()
                     if not members:
                         queue.buffer.popleft()
                     self._rotation += 1
                     queue.served = self._rotation
                     queue.touched = trio.current_time()
-                    found = self._decoded(item)
+                    shared = self._fanout_message
+                    if shared is not None and payload is self._fanout_payload:
+                        self._received += 1
+                        return channel, dict(shared)  # decoded once, a copy each
+                    found = self._decoded((entry[0], channel, payload))
                     if found is not None:
                         return found
         local_keys, normal_keys = self._selector(channels)
