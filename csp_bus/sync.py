@@ -84,6 +84,22 @@ class SyncLayer:
 
         self._call(op)
 
+    def send_wait_posted(
+        self, channel: str, message: Message, timeout: float | None = None
+    ) -> None:
+        """:meth:`send_wait` for the *last* message a consumer sends.
+
+        In a worker's consumer thread the call does not wait for its outcome: the
+        worker performs it in order with the consumer's other layer calls and takes no
+        new message on that thread until it is done (so a full channel still holds the
+        worker back); a failure (``ChannelFull`` after ``timeout``) is raised by the
+        consumer's next layer call, or, when the consumer has returned, counted and
+        logged as the consumer's failure. Anywhere else it is :meth:`send_wait`.
+        Sending many messages this way would queue them all: use :meth:`send_wait`
+        for every message but the last.
+        """
+        self.send_wait(channel, message, timeout)
+
     def receive(self, *channels: str, timeout: float | None = None) -> tuple[str, Message] | None:
         """Wait up to ``timeout`` seconds (``None``: for ever); ``None`` when it expires."""
 

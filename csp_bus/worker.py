@@ -127,10 +127,11 @@ class _Threads:
     * everything the consumer asks of the Trio thread (its layer calls, then its
       result) goes into the job's *outbox*; the first item posted while the lane task
       is waiting schedules one ``run_sync_soon`` wake-up, later ones ride along;
-    * ``send`` and ``send_group`` (which never wait for a receiver) do not wait for
-      their outcome: the consumer carries on while the lane task performs them, in
-      order. So the usual "reply, then return" consumer costs one crossing out, not
-      three (send out, its outcome back, the result out). A failed posted send
+    * ``send`` and ``send_group`` (which never wait for a receiver), and
+      ``send_wait_posted`` (a consumer's last message), do not wait for their
+      outcome: the consumer carries on while the lane task performs them, in order.
+      So the usual "reply, then return" consumer costs one crossing out, not three
+      (send out, its outcome back, the result out). A failed posted send
       (``ChannelFull``...) is raised by the consumer's next layer call, or, when the
       consumer has returned meanwhile, counted as the consumer's failure (logged).
     * other calls (``receive``, ``group_add``, ``send_wait``...) block the consumer
@@ -379,6 +380,21 @@ class _LaneSync(SyncLayer):
         job: _Job | None = getattr(_lane_local, "job", None)
         if job is None or not job.call_soon(self.layer.send_group, group, message):
             super().send_group(group, message)
+
+    def send_wait_posted(
+        self, channel: str, message: dict[str, Any], timeout: float | None = None
+    ) -> None:
+        job: _Job | None = getattr(_lane_local, "job", None)
+        if job is None or not job.call_soon(self._send_wait, channel, message, timeout):
+            super().send_wait(channel, message, timeout)
+
+    async def _send_wait(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        timeout: float | None,  # noqa: ASYNC109 - send_wait's own timeout, passed on
+    ) -> None:
+        await self.layer.send_wait(channel, message, timeout=timeout)
 
 
 class Worker:

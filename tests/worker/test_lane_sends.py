@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from csp_bus.consumers import Channel, Group, Message
+from csp_bus.consumers import Channel, Group, Message, current_context
 from csp_bus.embedded import run_workers
 from csp_bus.errors import ChannelFull
 from csp_bus.layers.memory import MemoryLayer
@@ -121,3 +121,66 @@ async def test_sends_of_a_blocked_consumer_are_delivered_before_it_returns(
         assert worker.stats.running == 1
         release.set()
         worker.stop()
+
+
+async def test_a_posted_send_wait_waits_for_room_and_holds_the_lane(layer: MemoryLayer) -> None:
+    """send_wait_posted: the consumer returns at once, the lane task waits for room
+    (the message is not lost to ChannelFull) and takes no new message meanwhile."""
+    returned = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def consumer(message: Message) -> None:
+        bus = current_context().sync  # type: ignore[union-attr]
+        bus.send_wait_posted("small", {"n": message.content["n"]}, timeout=10)
+        token.run_sync_soon(returned.set)
+
+    options = LayerOptions(channel_capacity={"small": 1})
+    async with MemoryLayer(options) as small, trio.open_nursery() as nursery:
+        worker = await nursery.start(
+            lambda task_status: run_workers(
+                small, [route("in", consumer)], threads=1, task_status=task_status
+            )
+        )
+        await small.send("small", {"n": 0})  # full: the consumer's send must wait
+        await small.send("in", {"n": 1})
+        await small.send("in", {"n": 2})
+        with trio.fail_after(5):
+            await returned.wait()
+        await trio.sleep(0.1)
+        # The consumer returned, but its send still waits: the lane is busy.
+        assert worker.stats.handled == 0
+        assert (await small.receive_nowait("in")) is not None  # message 2 not taken
+        assert (await small.receive("small"))[1] == {"n": 0}
+        with trio.fail_after(5):
+            assert (await small.receive("small"))[1] == {"n": 1}
+        assert worker.stats.handled == 1
+        worker.stop()
+
+
+async def test_a_failed_posted_send_wait_fails_the_consumer(until: Until) -> None:
+    def consumer(message: Message) -> None:
+        bus = current_context().sync  # type: ignore[union-attr]
+        bus.send_wait_posted("small", {"n": 1}, timeout=0.05)
+
+    options = LayerOptions(channel_capacity={"small": 1})
+    async with MemoryLayer(options) as small, trio.open_nursery() as nursery:
+        worker = await nursery.start(
+            lambda task_status: run_workers(
+                small, [route("in", consumer)], threads=1, task_status=task_status
+            )
+        )
+        await small.send("small", {"n": 0})
+        await small.send("in", {})
+        await until(lambda: worker.stats.failed == 1)
+        worker.stop()
+
+
+def test_send_wait_posted_outside_a_worker_is_send_wait() -> None:
+    from csp_bus import sync
+
+    with sync.connect("memory://?capacity=1") as bus:
+        bus.send_wait_posted("c", {"n": 1}, timeout=1)
+        assert bus.receive("c", timeout=1) == ("c", {"n": 1})
+        bus.send("c", {"n": 2})
+        with pytest.raises(ChannelFull):
+            bus.send_wait_posted("c", {"n": 3}, timeout=0.05)
