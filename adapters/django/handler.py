@@ -16,8 +16,10 @@ The message format is DESIGN.md section 4 (ASGI 1.x ``http.request``). The consu
 4. sends the response on ``reply_channel``: ``status``, ``headers`` (every cookie its own
    ``set-cookie``), ``content`` in chunks of at most ``RESPONSE_CHUNK_SIZE`` with
    ``more_content``. A streaming response goes out chunk by chunk as the view yields it; a
-   ``FileResponse`` is read block by block; neither is ever held whole. Later chunks use
-   ``send_wait`` so a slow client slows the view down instead of filling memory.
+   ``FileResponse`` is read block by block; neither is ever held whole. Chunks use
+   ``send_wait`` so a slow client slows the view down instead of filling memory; the
+   last message is posted (``send_wait_posted``): the worker sends it while the view's
+   thread finishes, and takes no new message on that thread until it is sent.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class SyncBus(Protocol):
     def send(self, channel: str, message: dict[str, Any]) -> None: ...
 
     def send_wait(
+        self, channel: str, message: dict[str, Any], timeout: float | None = None
+    ) -> None: ...
+
+    def send_wait_posted(
         self, channel: str, message: dict[str, Any], timeout: float | None = None
     ) -> None: ...
 
@@ -282,6 +288,21 @@ def encode_response(
     yield {"content": b"", "more_content": False}
 
 
+def _send_one(bus: SyncBus, reply: str, message: dict[str, Any], timeout: float) -> None:
+    """Send one response message, waiting for room on the reply channel.
+
+    The last message is posted (``send_wait_posted``): in a worker the view's thread
+    goes on to ``response.close()`` and returns while the worker sends it, which saves
+    the view's thread a wait for the worker's loop. The worker takes no new message
+    on that thread until the send is done, so a full reply channel still holds it
+    back; every earlier message waits for its own send, so at most one is queued.
+    """
+    if message.get("more_content"):
+        bus.send_wait(reply, message, timeout=timeout)
+    else:
+        bus.send_wait_posted(reply, message, timeout=timeout)
+
+
 class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no types
     """The default consumer for ``http.request``: serves the Django project's views.
 
@@ -345,7 +366,7 @@ class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no t
         chunk_size = self.settings.response_chunk_size
         if not response.streaming:
             for message in encode_response(response, chunk_size=chunk_size, head=head):
-                bus.send_wait(reply, message, timeout=timeout)
+                _send_one(bus, reply, message, timeout)
             return
         # A streaming response may never end (server-sent events): stop it when the
         # server reports the client gone (http.disconnect, see on_disconnect).
@@ -357,7 +378,7 @@ class ViewConsumer(base.BaseHandler):  # type: ignore[misc]  # Django ships no t
                 if gone.is_set():
                     logger.debug("client of %s left: streaming response stopped", reply)
                     return
-                bus.send_wait(reply, message, timeout=timeout)
+                _send_one(bus, reply, message, timeout)
         finally:
             with self._lock:
                 self._streaming.pop(reply, None)

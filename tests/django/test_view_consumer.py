@@ -253,3 +253,54 @@ def test_late_body_gets_408() -> None:
         content["body_channel"] = client.bus.new_channel("http.request.body?")
         response = client.send(content)
     assert response.status == 408
+
+
+async def test_in_a_worker_a_full_reply_channel_holds_the_response_not_loses_it() -> None:
+    """In a worker the last response message is posted (send_wait_posted): with the
+    reply channel full it still arrives, in order, once there is room, and the worker
+    takes no other request on that thread meanwhile."""
+    import trio
+
+    from csp_bus.embedded import run_workers
+    from csp_bus.layers.memory import MemoryLayer
+    from csp_bus.layers.options import LayerOptions
+    from csp_bus.routing import route
+
+    consumer = ViewConsumer(BusSettings(response_chunk_size=1024))
+    request = {
+        "reply_channel": "http.response.t!c1",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/echo/",
+        "query_string": b"pad=" + b"x" * 3000,
+        "root_path": "",
+        "headers": [[b"host", b"testserver"]],
+        "body": b"",
+        "client": ["127.0.0.1", 50000],
+        "server": ["testserver", 80],
+    }
+    options = LayerOptions(channel_capacity={"http.response.t!": 1})
+    async with MemoryLayer(options) as layer, trio.open_nursery() as nursery:
+        worker = await nursery.start(
+            lambda task_status: run_workers(
+                layer, [route("http.request", consumer)], threads=1, task_status=task_status
+            )
+        )
+        await layer.send("http.request", request)
+        await layer.send("http.request", {**request, "reply_channel": "http.response.t!c2"})
+        messages = []
+        with trio.fail_after(10):
+            while True:
+                await trio.sleep(0.05)  # a slow reader: the channel stays full meanwhile
+                channel, message = await layer.receive("http.response.t!")
+                assert channel == "http.response.t!c1"
+                messages.append(message)
+                if not message["more_content"]:
+                    break
+        assert len(messages) > 2
+        assert json.loads(b"".join(m["content"] for m in messages))["method"] == "GET"
+        with trio.fail_after(10):
+            channel, _ = await layer.receive("http.response.t!")
+        assert channel == "http.response.t!c2"
+        worker.stop()
