@@ -6,10 +6,12 @@ front parses each request head (with its header size limit and timeout) and hand
 ``--adapter websocket`` alone, plain HTTP requests get 404.
 
 Per connection, one task (DESIGN.md 5) around one :class:`~.protocol.WebSocketConnection`.
-It waits on three things at once: the socket (``receive_some``), its replies (the reply
-dispatcher calls :attr:`ReplyChannel.wakeup`, which cancels that wait) and its next
-deadline (handshake timeout: 504; keep-alive ping; the wait for the peer's Close). An
-idle connection is that one parked task; helpers run only while it is busy:
+It waits on the socket (``wait_readable``) and its next deadline (handshake timeout:
+504; keep-alive ping; the wait for the peer's Close) at once. Replies wake no task: the
+reply dispatcher calls :attr:`ReplyChannel.wakeup`, and the session turns them into
+frames and writes them right there (neither blocks); it wakes the connection task only
+when that must act (the accept, a close). An idle connection is that one parked task;
+helpers run only while it is busy:
 
 * reading: frames go to ``websocket.receive`` with a non-blocking ``send``. When that
   channel is full, a *drain* helper waits (``send_wait``) and the task stops reading the
@@ -301,29 +303,43 @@ class _Session:
             if data == b"":
                 return
 
-    async def serve(self) -> None:
-        """The connection task: waits on the socket (when it reads it), its replies and
-        its next deadline at once, without a task per direction."""
+    def on_replies(self) -> None:
+        """:attr:`ReplyChannel.wakeup`: the dispatcher's task applies the replies itself
+        (turning one into frames and writing them never blocks), so a reply wakes no
+        task; the connection task is woken only when it must act (accept, close)."""
         ws = self.ws
-        reply = self.reply
+        try:
+            while (message := self.reply.receive_nowait()) is not None:
+                self.apply(message)
+                self.flush()
+        except ReplyOverrun:
+            # The dispatcher gave up on us: replies came faster than we took them.
+            # Close without waiting for the (equally slow) peer.
+            ws.close(1008, "client too slow")
+            ws.connection_lost()
+            self.flush()
+        except Exception:  # never let one connection's bug stop the dispatcher
+            logger.exception("%s: applying a reply failed; dropping the connection", ws.client)
+            self.broken = True
+            ws.connection_lost()
+            self.flush()
+        if self.kicked:
+            self.wake()
+
+    async def serve(self) -> None:
+        """The connection task: waits on the socket (when it reads it) and its next
+        deadline; replies are applied by :meth:`on_replies`."""
+        ws = self.ws
         inline = self.fd >= 0
         eof = False
-        reply.wakeup = self.wake
+        self.reply.wakeup = self.on_replies
         while True:
             if self.kicked and inline and not self.draining:
                 self.kicked = False
                 await self.handle_events(wait=False)
-            # From here to the wait nothing awaits: a reply that comes now finds the
+            # From here to the wait nothing awaits: a wake-up that comes now finds the
             # wait scope and cancels it.
-            try:
-                while (message := reply.receive_nowait()) is not None:
-                    self.apply(message)
-                    self.flush()
-            except ReplyOverrun:
-                # The dispatcher gave up on us: replies came faster than we took
-                # them. Close without waiting for the (equally slow) peer.
-                ws.close(1008, "client too slow")
-                ws.connection_lost()
+            self.on_replies()  # those that came before the hook was set
             if ws.state is not State.CLOSED:
                 now = trio.current_time()
                 if now >= self.next_deadline():
@@ -333,17 +349,23 @@ class _Session:
                 return
             if self.kicked and inline and not self.draining:
                 continue
-            data: bytes | bytearray | None = None
+            readable = False
             with trio.CancelScope(deadline=self.next_deadline()) as self.wait_scope:
                 if inline and not eof and not self.draining:
-                    try:
-                        data = await self.stream.receive_some(_READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
+                    # (closed under us: the read below then sees the end)
+                    with contextlib.suppress(trio.ClosedResourceError):
+                        await trio.lowlevel.wait_readable(self.fd)
+                    readable = True
                 else:
                     await trio.sleep_forever()
             self.wait_scope = None
-            if data is not None:
+            if readable:
+                try:
+                    data = os.read(self.fd, _READ_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:  # reset by the peer, closed
+                    data = b""
                 if not data:
                     eof = True
                 ws.receive_data(data)
