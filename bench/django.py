@@ -14,9 +14,18 @@ are printed, and ratios compare medians measured in this same run. Systems:
 * ``gunicorn-sync-w1``: 1 process (the anchor figure);
 * ``daphne-channels``: Daphne + Channels 4 ``ProtocolTypeRouter`` around Django's ASGI app;
 * ``csp-bus-redis``: ``csp-bus serve --adapter http`` + one ``manage.py runworker``
-  process over ``redis://``;
+  process over ``redis://``, through a private ``redis-server`` (no persistence) that
+  this script starts pinned to CPU 0 too: the Redis work each request costs is paid
+  on the servers' core, as everything else of csp-bus (``--redis HOST:PORT`` uses an
+  existing server instead, wherever it runs; its CPU is then not counted);
 * ``csp-bus-embedded``: one process, ``csp-bus serve --adapter http --app
   csp_bus.adapters.django.project`` over ``memory://``.
+
+Besides req/s, each row prints the CPU time the system's processes (every process of
+its tree, plus the private Redis for ``csp-bus-redis``) used per request during the
+measured runs: the figure load on the machine disturbs least. The issue's target
+compares csp-bus with gunicorn running the *same number of processes*: the Redis mode
+(server + worker) with ``gunicorn-sync-w2``, the embedded mode with ``gunicorn-sync-w1``.
 
 csp-bus workers run 8 threads by default (``--threads``): a sync view's thread waits
 for the Redis round trip of its response message, so more threads overlap those waits
@@ -106,6 +115,59 @@ def taskset(core: int) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > core:
         return ["taskset", "-c", str(core)]
     return []
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (gunicorn's workers are children)."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` and their trees (0 where /proc is missing)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in {p for root in pids for p in process_tree(root)}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@contextlib.contextmanager
+def private_redis(log: Any) -> Iterator[tuple[str, int]]:
+    """A ``redis-server`` of our own on a free port, pinned to CPU 0; yields
+    ``("127.0.0.1:PORT", pid)``."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*taskset(0), "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=log,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the private redis-server did not start") from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}", process.pid
+    finally:
+        stop([process])
 
 
 def wait_for(port: int, processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
@@ -202,7 +264,9 @@ def systems(peer: Path, port: int, redis_url: str, threads: int) -> dict[str, li
 
 
 @contextlib.contextmanager
-def running(commands: list[list[str]], env: dict[str, str], cwd: Path, log: Any) -> Iterator[None]:
+def running(
+    commands: list[list[str]], env: dict[str, str], cwd: Path, log: Any
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     processes = [
         subprocess.Popen(
             [*taskset(0), *command],
@@ -214,7 +278,7 @@ def running(commands: list[list[str]], env: dict[str, str], cwd: Path, log: Any)
         for command in commands
     ]
     try:
-        yield
+        yield processes
     finally:
         stop(processes)
 
@@ -225,7 +289,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 run of 5 s per system")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=8, help="csp-bus worker threads (default 8)")
-    parser.add_argument("--redis", default=os.environ.get("CSP_BUS_BENCH_REDIS", "127.0.0.1:6379"))
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("CSP_BUS_BENCH_REDIS"),
+        metavar="HOST:PORT",
+        help="an existing Redis for csp-bus-redis (default: a private one pinned to CPU 0)",
+    )
     args = parser.parse_args()
     runs, seconds = (1, 5) if args.quick else (3, 10)
     if not shutil.which("wrk"):
@@ -236,32 +305,46 @@ def main() -> None:
     env = dict(os.environ)
     env["DJANGO_SETTINGS_MODULE"] = "benchdj.settings"
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    redis_url = f"redis://{args.redis}/0?prefix=benchdj{os.getpid()}"
     results: dict[str, list[tuple[float, float, int]]] = {}
-    table = systems(peer, 0, redis_url, args.threads)
+    table = systems(peer, 0, "redis://", args.threads)
     names = args.only or list(table)
+    where = f"Redis at {args.redis} (not pinned, not counted)" if args.redis else (
+        "a private Redis on CPU 0 (counted)")  # fmt: skip
     print(f"Django hello view, wrk -t1 -c{args.connections} -d{seconds}s x {runs} runs, "
-          f"servers on CPU 0, wrk on CPU 1, csp-bus worker threads {args.threads}")  # fmt: skip
+          f"servers on CPU 0, wrk on CPU 1, csp-bus worker threads {args.threads}, "
+          f"csp-bus-redis through {where}")  # fmt: skip
     for name in names:
         port = free_port()
-        commands = systems(peer, port, redis_url, args.threads)[name]
         log_path = root / f"{name}.log"
-        with log_path.open("w") as log, running(commands, env, root, log):
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(log_path.open("w"))
+            extra: list[int] = []
+            address = args.redis
+            if name == "csp-bus-redis" and not address:
+                address, redis_pid = stack.enter_context(private_redis(log))
+                extra = [redis_pid]
+            redis_url = f"redis://{address}/0?prefix=benchdj{os.getpid()}"
+            commands = systems(peer, port, redis_url, args.threads)[name]
+            processes = stack.enter_context(running(commands, env, root, log))
             try:
                 wait_for(port, [])
             except RuntimeError as exc:
                 print(f"{name:18} failed to start: {exc}")
                 print(log_path.read_text()[-3000:])
                 continue
+            pids = [process.pid for process in processes] + extra
             wrk(port, 3, args.connections)  # warm-up
+            before = cpu_seconds(pids)
             results[name] = [wrk(port, seconds, args.connections) for _ in range(runs)]
+            used = cpu_seconds(pids) - before
         rates = [r for r, _, _ in results[name]]
         p99s = [p for _, p, _ in results[name]]
         errors = sum(e for _, _, e in results[name])
+        served = sum(rates) * seconds
         print(
             f"{name:18} {statistics.median(rates):>8,.0f} req/s "
             f"({min(rates):,.0f}-{max(rates):,.0f})  p99 {statistics.median(p99s):7.1f} ms"
-            f"  errors {errors}",
+            f"  errors {errors}  CPU {used / served * 1e6 if served else 0:5.0f} us/req",
             flush=True,
         )
     medians = {name: statistics.median(r for r, _, _ in rows) for name, rows in results.items()}
@@ -270,13 +353,23 @@ def main() -> None:
     # a single-threaded one. Compare figures only from a quiet machine.
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"\nload average at the end: {load} (on {os.cpu_count()} CPUs)")
-    for ours in ("csp-bus-redis", "csp-bus-embedded"):
+    # The issue's target: at least 2x Daphne + Channels 4 and at least 70% of gunicorn
+    # with the same number of processes.
+    same_processes = {"csp-bus-redis": "gunicorn-sync-w2", "csp-bus-embedded": "gunicorn-sync-w1"}
+    for ours, same in same_processes.items():
         if ours not in medians:
             continue
         for peer_name in ("daphne-channels", "gunicorn-sync-w2", "gunicorn-sync-w1"):
             if peer_name in medians:
                 ratio = medians[ours] / medians[peer_name]
                 print(f"{ours} / {peer_name}: {ratio:.2f}x")
+        if "daphne-channels" in medians and same in medians:
+            met = (
+                medians[ours] >= 2 * medians["daphne-channels"]
+                and medians[ours] >= 0.7 * medians[same]
+            )
+            print(f"{ours}: target (>= 2x daphne-channels, >= 0.70x {same}) "
+                  f"{'met' if met else 'NOT met'}")  # fmt: skip
     shutil.rmtree(root, ignore_errors=True)
 
 
