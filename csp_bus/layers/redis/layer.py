@@ -544,9 +544,13 @@ class RedisLayer(ChannelLayer):
                     found = self._decoded((entry[0], channel, payload))
                     if found is not None:
                         return found
-        local_keys, normal_keys = self._selector(channels)
-        # looked up on every call: an idle prefix's queue is dropped (see _read_loop)
-        queues = tuple(map(self._local_queue, local_keys)) if local_keys else ()
+        if queue is not None:  # one known prefix: its queue is current, no selector
+            queues: tuple[_LocalQueue, ...] = (queue,)
+            normal_keys: tuple[str, ...] = ()
+        else:
+            local_keys, normal_keys = self._selector(channels)
+            # looked up on every call: an idle prefix's queue is dropped (see _read_loop)
+            queues = tuple(map(self._local_queue, local_keys)) if local_keys else ()
         await self._enter()
         while True:
             try:
