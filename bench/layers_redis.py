@@ -368,7 +368,7 @@ def report(figures: dict[str, list[float]], runs: int, group_only: bool = False)
         cells = [_cell(figures[name], " ms", digits) for name in (ours, core, pubsub)]
         print(
             f"{label:<34}{cells[0]:>24}{cells[1]:>24}{cells[2]:>24}"
-            f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (faster)"
+            f"{m(core) / m(ours):>8.1f}x{m(pubsub) / m(ours):>9.1f}x  (>1x: csp-bus faster)"
         )
     print(f"{'send_group 10,000: ms to all (*)':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
     print(
