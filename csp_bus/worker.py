@@ -126,7 +126,11 @@ class _Threads:
       busy one;
     * everything the consumer asks of the Trio thread (its layer calls, then its
       result) goes into the job's *outbox*; the first item posted while the lane task
-      is waiting schedules one ``run_sync_soon`` wake-up, later ones ride along;
+      is waiting asks for a wake-up, later ones ride along. The wake-ups of all jobs
+      are coalesced (:class:`_Waker`): one ``run_sync_soon`` wakes every lane task with
+      news, so a thread that runs several queued jobs while the Trio thread is busy
+      does not make a ``run_sync_soon`` per job (each writes to Trio's wake-up socket,
+      a system call that releases the GIL to the Trio thread and waits to get it back);
     * ``send`` and ``send_group`` (which never wait for a receiver), and
       ``send_wait_posted`` (a consumer's last message), do not wait for their
       outcome: the consumer carries on while the lane task performs them, in order.
@@ -147,10 +151,10 @@ class _Threads:
     ``trio.from_thread`` like any other thread's (``LayerClosed`` once the program ends).
     """
 
-    __slots__ = ("_inbox", "_size", "_threads", "_token")
+    __slots__ = ("_inbox", "_size", "_threads", "_waker")
 
     def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
-        self._token = token
+        self._waker = _Waker(token)
         self._size = size
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -182,7 +186,7 @@ class _Threads:
             )
             thread.start()
             threads.append(thread)
-        job = _Job(consumer, message, kwargs, trio.lowlevel.current_task(), self._token)
+        job = _Job(consumer, message, kwargs, trio.lowlevel.current_task(), self._waker)
         self._inbox.put(job)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
@@ -242,6 +246,49 @@ class _Threads:
 _lane_local = threading.local()
 
 
+class _Waker:
+    """Wakes the lane tasks whose jobs have news, with one ``run_sync_soon`` for all the
+    jobs that post before the Trio thread gets to run it (see :class:`_Threads`)."""
+
+    __slots__ = ("_jobs", "_lock", "_pending", "_token", "finished")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._lock = threading.Lock()
+        self._jobs: list[_Job] = []  # under _lock
+        self._pending = False  # under _lock: a run_sync_soon(self._wake_all) is queued
+        self.finished = False  # the Trio run is over
+
+    def wake(self, job: _Job) -> bool:
+        """Runs in any thread: reschedule ``job``'s task soon. False when the Trio run
+        is over."""
+        with self._lock:
+            if self.finished:
+                return False
+            self._jobs.append(job)
+            if self._pending:
+                return True
+            self._pending = True
+        try:
+            self._token.run_sync_soon(self._wake_all)
+        except trio.RunFinishedError:
+            with self._lock:
+                self.finished = True
+                self._pending = False
+                self._jobs.clear()
+            return False
+        return True
+
+    def _wake_all(self) -> None:
+        """Runs on the Trio thread."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+            self._pending = False
+        for job in jobs:
+            if not job.abandoned:
+                trio.lowlevel.reschedule(job.task)
+
+
 class _Done:
     __slots__ = ("result",)
 
@@ -274,7 +321,7 @@ class _Job:
         "message",
         "outbox",
         "task",
-        "token",
+        "waiter",
         "waiting",
     )
 
@@ -284,13 +331,13 @@ class _Job:
         message: Message,
         kwargs: dict[str, str],
         task: trio.lowlevel.Task,
-        token: trio.lowlevel.TrioToken,
+        waiter: _Waker,
     ) -> None:
         self.consumer = consumer
         self.message = message
         self.kwargs = kwargs
         self.task = task
-        self.token = token
+        self.waiter = waiter
         self.context = contextvars.copy_context()
         self.abandoned = False
         self.finished = False  # the Trio run is over
@@ -323,17 +370,10 @@ class _Job:
             if not self.waiting:
                 return True
             self.waiting = False
-        try:
-            self.token.run_sync_soon(self._wake)
-        except trio.RunFinishedError:
+        if not self.waiter.wake(self):
             self.finished = True
             return False
         return True
-
-    def _wake(self) -> None:
-        """Runs on the Trio thread."""
-        if not self.abandoned:
-            trio.lowlevel.reschedule(self.task)
 
     def abandon(self) -> None:
         """Runs on the Trio thread: the lane task stops waiting for this job. Calls the
