@@ -214,6 +214,31 @@ def _walk(value: object, path: str, depth: int) -> None:
     raise InvalidMessage(path, f"{_type_name(value)} is not allowed")
 
 
+def _plain(value: dict[Any, Any] | list[Any] | tuple[Any, ...], depth: int) -> bool:
+    """True when everything nested in ``value`` (an exact dict, list or tuple) is of an
+    allowed exact type, with str keys in every dict.
+
+    The hot path's check of a nested message: it builds no paths (ints out of 64 bits
+    are left to msgpack, which refuses them). False sends the message to
+    :func:`_walk`, which names what is wrong.
+    """
+    if depth > 500:
+        return False
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind not in _FLAT and (kind not in _CONTAINERS or not _plain(item, depth + 1)):
+                return False
+        return True
+    for item in value:
+        kind = type(item)
+        if kind not in _FLAT and (kind not in _CONTAINERS or not _plain(item, depth + 1)):
+            return False
+    return True
+
+
 def validate_message(message: object) -> None:
     """Raise :class:`InvalidMessage` naming the path to the first bad value.
 
@@ -238,6 +263,7 @@ def _default(value: object) -> object:
 
 
 _FLAT: Final = frozenset({str, bytes, bool, float, int, type(None)})
+_CONTAINERS: Final = frozenset({dict, list, tuple})
 _local = threading.local()
 
 
@@ -257,14 +283,16 @@ def encode(message: Message, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     """Validate and serialize ``message``; refuse it when bigger than ``max_size``.
 
     Hot path: a flat message (the common case) is checked by one loop over its items,
-    and msgpack's C code checks the value types exactly (``strict_types``); only nested
-    messages and failures go through the walker, which names the bad value's path.
+    and msgpack's C code checks the value types exactly (``strict_types``); a nested one
+    by :func:`_plain`; only failures go through the walker, which names the bad
+    value's path.
     """
     if type(message) is not dict:
         raise InvalidMessage("message", f"must be a dict, not {_type_name(message)}")
     for key, value in message.items():
         if type(key) is not str or type(value) not in _FLAT:
-            _walk(message, "message", 0)
+            if not _plain(message, 0):
+                _walk(message, "message", 0)
             break
     try:
         payload: bytes = _packer().pack(message)
@@ -296,7 +324,8 @@ def decode(payload: bytes) -> Message:
         raise InvalidMessage("message", f"decoded to {_type_name(message)}, not a dict")
     for key, value in message.items():
         if type(key) is not str or type(value) not in _FLAT:
-            _walk(message, "message", 0)
+            if not _plain(message, 0):
+                _walk(message, "message", 0)
             break
     return message
 
