@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -122,15 +124,18 @@ class _Session:
         "kicked",
         "layer",
         "nursery",
+        "parked",
         "pending",
         "pending_size",
         "read_scope",
+        "registered_deadline",
         "reply",
         "server",
         "status",
         "stream",
         "upgrade",
         "wait_scope",
+        "woken",
         "write_done",
         "ws",
     )
@@ -170,6 +175,12 @@ class _Session:
         #: websocket.connect reached the bus, so websocket.disconnect is owed
         self.connect_delivered = False
         self.wait_scope: trio.CancelScope | None = None
+        #: the connection task is parked in its wait (only then is wait_scope cancelled)
+        self.parked = False
+        #: a wake-up came while the connection task was busy: it looks again first
+        self.woken = False
+        #: the deadline the server's timekeeper wakes this session at
+        self.registered_deadline = math.inf
         self.handshake_deadline = math.inf
         self.closing_deadline = math.inf
         self.status = 0  # for the access log
@@ -243,9 +254,14 @@ class _Session:
         self.ws.connection_lost()
 
     def wake(self) -> None:
-        """Make the connection task look again (a reply, a deadline, a new state)."""
-        if self.wait_scope is not None:
+        """Make the connection task look again (a deadline, a new state, the accept).
+
+        Its wait is cancelled only while it is parked there, never in the middle of
+        handing a message to the bus; when busy, it sees ``woken`` before parking."""
+        if self.parked and self.wait_scope is not None:
             self.wait_scope.cancel()
+        else:
+            self.woken = True
 
     nudge = wake
 
@@ -323,60 +339,72 @@ class _Session:
             self.broken = True
             ws.connection_lost()
             self.flush()
-        if self.kicked:
-            self.wake()
 
     async def serve(self) -> None:
-        """The connection task: waits on the socket (when it reads it) and its next
-        deadline; replies are applied by :meth:`on_replies`."""
+        """The connection task: waits on the socket (when it reads it) until the server's
+        timekeeper or a new state wakes it; replies are applied by :meth:`on_replies`.
+
+        One cancel scope serves many waits (a scope costs more than a frame's whole
+        handling): it is replaced only after a wake-up cancelled it."""
         ws = self.ws
         inline = self.fd >= 0
+        fd = self.fd
         eof = False
         self.reply.wakeup = self.on_replies
+        timekeeper = self.server.timekeeper
         while True:
-            if self.kicked and inline and not self.draining:
-                self.kicked = False
-                await self.handle_events(wait=False)
-            # From here to the wait nothing awaits: a wake-up that comes now finds the
-            # wait scope and cancels it.
-            self.on_replies()  # those that came before the hook was set
-            if ws.state is not State.CLOSED:
-                now = trio.current_time()
-                if now >= self.next_deadline():
-                    self.on_deadline(now)
-            self.flush()
-            if self.ending:
-                return
-            if self.kicked and inline and not self.draining:
-                continue
-            readable = False
-            with trio.CancelScope(deadline=self.next_deadline()) as self.wait_scope:
-                if inline and not eof and not self.draining:
-                    # (closed under us: the read below then sees the end)
-                    with contextlib.suppress(trio.ClosedResourceError):
-                        await trio.lowlevel.wait_readable(self.fd)
-                    readable = True
-                else:
-                    await trio.sleep_forever()
+            with trio.CancelScope() as self.wait_scope:
+                while True:
+                    self.woken = False
+                    if self.kicked and inline and not self.draining:
+                        self.kicked = False
+                        await self.handle_events(wait=False)
+                        continue
+                    # From here to the wait nothing awaits: a wake-up that comes
+                    # meanwhile sets ``woken`` and is seen before parking.
+                    self.on_replies()  # those that came before the hook was set
+                    deadline = self.next_deadline()
+                    if ws.state is not State.CLOSED and trio.current_time() >= deadline:
+                        self.on_deadline(trio.current_time())
+                        deadline = self.next_deadline()
+                    self.flush()
+                    if self.ending:
+                        return
+                    if self.woken or (self.kicked and inline and not self.draining):
+                        continue
+                    if deadline != self.registered_deadline:
+                        self.registered_deadline = deadline
+                        timekeeper.add(deadline, self)
+                    self.parked = True
+                    try:
+                        if inline and not eof and not self.draining:
+                            # (closed under us: the read below then sees the end)
+                            with contextlib.suppress(trio.ClosedResourceError):
+                                await trio.lowlevel.wait_readable(fd)
+                        else:
+                            await trio.sleep_forever()
+                    finally:
+                        self.parked = False
+                    try:
+                        data = os.read(fd, _READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # reset by the peer, closed
+                        data = b""
+                    if not data:
+                        eof = True
+                    ws.receive_data(data)
+                    await self.handle_events(wait=False)
             self.wait_scope = None
-            if readable:
-                try:
-                    data = os.read(self.fd, _READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError:  # reset by the peer, closed
-                    data = b""
-                if not data:
-                    eof = True
-                ws.receive_data(data)
-                await self.handle_events(wait=False)
 
     def kick_reader(self) -> None:
-        """Make the reader look at the protocol's events now (a cancelled
-        ``receive_some`` loses no data)."""
+        """Make the task that takes events (the connection task, or the reader helper
+        over TLS) look at the protocol's events now: frames that came before the
+        accept, or a disconnect. A cancelled read loses no data."""
         self.kicked = True
         if self.read_scope is not None:
             self.read_scope.cancel()
+        self.wake()
 
     async def handle_events(self, *, final: bool = False, wait: bool = True) -> None:
         """Hand the protocol's events to the bus. With ``wait=False`` (the connection
@@ -576,6 +604,38 @@ class _Session:
         access_log.log(self.upgrade.connection.client, line, self.status or 101, None)
 
 
+class _Timekeeper:
+    """Wakes sessions at their deadlines (handshake timeout, keep-alive, closing): one
+    task and one heap per server process instead of a deadline scope per wait. An entry
+    whose session has since registered another deadline is skipped."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, _Session]] = []
+        self.count = itertools.count()
+        self.scope: trio.CancelScope | None = None
+
+    def add(self, deadline: float, session: _Session) -> None:
+        if deadline == math.inf:
+            return
+        heapq.heappush(self.heap, (deadline, next(self.count), session))
+        scope = self.scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def run(self) -> None:
+        heap = self.heap
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.scope:
+                await trio.sleep_forever()
+            self.scope = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                deadline, _, session = heapq.heappop(heap)
+                if session.registered_deadline == deadline:
+                    session.registered_deadline = math.inf
+                    session.wake()
+
+
 class _Server:
     """The adapter's state in one server process."""
 
@@ -587,6 +647,7 @@ class _Server:
         self.dispatcher = dispatcher
         self.sessions: set[_Session] = set()
         self.active = 0
+        self.timekeeper = _Timekeeper()
 
     async def handle_upgrade(self, upgrade: UpgradeRequest) -> None:
         limit = self.config.max_connections
@@ -751,10 +812,12 @@ class WebSocketAdapter(Adapter):
         dispatcher = await runtime.open_dispatcher("websocket.send")
         state = _Server(runtime, config, dispatcher)
         runtime.extensions["websocket.server"] = state
-        front(runtime).add_upgrade_handler("websocket", state.handle_upgrade)
-        task_status.started()
-        await state.watch_shutdown()
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(state.timekeeper.run)
+            front(runtime).add_upgrade_handler("websocket", state.handle_upgrade)
+            task_status.started()
+            await state.watch_shutdown()
+            await trio.sleep_forever()
 
 
 adapter = WebSocketAdapter()
