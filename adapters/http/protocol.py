@@ -40,6 +40,7 @@ reason phrase (some load tools count ``HTTP/1.1 200 `` as an error), versions ot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -72,6 +73,15 @@ PAUSED: Final = h11.PAUSED
 ERROR_STATUSES: Final = frozenset({400, 413, 431, 501, 505})
 
 _SUPPORTED_VERSIONS: Final = frozenset({b"1.0", b"1.1"})
+
+# RFC 9110 5.1 and 5.5, as h11 checks them (h11/_abnf.py): a token; a field value
+# without NUL, CR, LF or leading/trailing whitespace.
+_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+#: Response headers that change framing or connection handling: h11 writes those.
+_FRAMING_HEADERS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"host"}
+)
 
 
 class HTTPProtocolError(RemoteProtocolError):
@@ -179,11 +189,18 @@ class HTTPServerProtocol:
         self._response_started = False
         self._response_done = False
         self._pushed_back: BodyData | None = None
+        self._eof = False
+        #: the current request lets the connection persist (HTTP/1.1 without close)
+        self._request_keep_alive = False
+        #: the current response was written without h11 (see :meth:`start_response`)
+        self._bypassed = False
 
     # -- input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if not data:
+            self._eof = True
         try:
             self._conn.receive_data(data)
         except RuntimeError:
@@ -207,7 +224,9 @@ class HTTPServerProtocol:
 
     @property
     def waiting_for_100_continue(self) -> bool:
-        return bool(self._conn.they_are_waiting_for_100_continue)
+        # h11 clears its flag when it sends the response; one written without h11
+        # (start_response's fast path) ends the wait too.
+        return bool(self._conn.they_are_waiting_for_100_continue) and not self._response_started
 
     def next_event(self) -> Event:
         """The next event, or ``NEED_DATA``/``PAUSED``. Raises :class:`HTTPProtocolError`."""
@@ -215,8 +234,13 @@ class HTTPServerProtocol:
         if pushed is not None:
             self._pushed_back = None
             return pushed
+        conn = self._conn
+        if conn.their_state is h11.IDLE and not self._eof and not conn.trailing_data[0]:
+            # Between requests with nothing received: h11 would answer NEED_DATA after a
+            # full parse attempt; this is the common case of an idle keep-alive connection.
+            return NEED_DATA
         try:
-            event = self._conn.next_event()
+            event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in ERROR_STATUSES else 400
             raise HTTPProtocolError(str(exc) or "malformed request", status) from exc
@@ -240,26 +264,32 @@ class HTTPServerProtocol:
             raise HTTPProtocolError(
                 f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported", 505
             )
-        headers = list(event.headers)
+        # raw_items() is a plain list; iterating h11's Headers goes item by item through
+        # the Sequence protocol. The names are lower-cased as h11 does for its own copy.
+        headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
         # h11 bounds only an *incomplete* head; one that arrives whole in one read is
         # checked here, so the limit holds however the bytes were split.
-        size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if size > self.max_header_size:
-            raise HTTPProtocolError("request head too large", 431)
+        size = len(event.target)
         content_length: int | None = None
         chunked = False
         upgrade: str | None = None
         connection_upgrade = False
+        connection_close = False
         upgrade_token: bytes | None = None
         for name, value in headers:
+            size += len(name) + len(value) + 4
             if name == b"content-length":
                 content_length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
             elif name == b"connection":
-                connection_upgrade = connection_upgrade or b"upgrade" in value.lower()
+                tokens = value.lower()
+                connection_upgrade = connection_upgrade or b"upgrade" in tokens
+                connection_close = connection_close or b"close" in tokens
             elif name == b"upgrade":
                 upgrade_token = value
+        if size > self.max_header_size:
+            raise HTTPProtocolError("request head too large", 431)
         if chunked and content_length is not None:
             # RFC 9112 6.1: Transfer-Encoding wins; the connection must close afterwards.
             content_length = None
@@ -273,6 +303,10 @@ class HTTPServerProtocol:
         method = event.method.decode("ascii")
         self._method = event.method
         self._body_received = 0
+        # What h11 decides for the request (h11._connection._keep_alive), conservatively:
+        # "close" anywhere in a Connection header counts (the response then goes
+        # through h11, which handles it exactly).
+        self._request_keep_alive = event.http_version == b"1.1" and not connection_close
         self._head = RequestHead(
             method=method,
             target=bytes(event.target),
@@ -296,7 +330,7 @@ class HTTPServerProtocol:
 
     def send_continue(self) -> bytes:
         """``100 Continue`` if the client waits for it, else ``b""``."""
-        if not self._conn.they_are_waiting_for_100_continue:
+        if not self.waiting_for_100_continue:
             return b""
         return self._conn.send(
             h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
@@ -327,10 +361,25 @@ class HTTPServerProtocol:
             raise InvalidResponse(f"response status must be an int 200..999, not {status!r}")
         if type(content) is not bytes:
             raise InvalidResponse(f"response content must be bytes, not {type(content).__name__}")
+        if self._response_started:
+            raise InvalidResponse("a response was already started for this request")
         try:
             pairs = [(_as_bytes(name), _as_bytes(value)) for name, value in headers]
         except (TypeError, ValueError) as exc:
             raise InvalidResponse(f"response headers must be [name, value] pairs: {exc}") from None
+        if (
+            not more_content
+            and self._request_keep_alive
+            and not self._must_close
+            and status != 204
+            and status != 304
+            and self._method != b"HEAD"
+            and self._conn.our_state is h11.SEND_RESPONSE
+            and self._conn.their_state is h11.DONE
+        ):
+            data = self._complete_response(status, pairs, content, close)
+            if data is not None:
+                return data
         has_length = False
         for name, _ in pairs:
             lower = name.lower()
@@ -351,11 +400,45 @@ class HTTPServerProtocol:
             data += self.send_body(content, more_content)
         return data
 
+    def _complete_response(
+        self, status: int, pairs: list[tuple[bytes, bytes]], content: bytes, close: bool
+    ) -> bytes | None:
+        """A whole response to a keep-alive HTTP/1.1 request whose body was read,
+        written without h11; ``None`` when h11 must write it (framing or connection
+        headers from the application, or a header to reject).
+
+        h11 makes each response three events, validates the headers twice (its
+        header clean-up rebuilds the event) and runs its state machine for each: most
+        of the server's per-request cost for a small response. Here the bytes are
+        exactly what h11 writes for this case (the headers in order, then
+        Content-Length, then ``Connection: close`` when ``close``) and the same checks
+        apply; the next request gets a fresh h11 connection (:meth:`start_next_cycle`).
+        """
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+        for name, value in pairs:
+            if name.lower() in _FRAMING_HEADERS:
+                return None
+            if _FIELD_NAME.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+                return None  # h11 raises the error
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"content-length: %d\r\n" % len(content))
+        if close:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(content)
+        self._bypassed = True
+        self._response_started = True
+        self._response_done = True
+        self._must_close = self._must_close or close
+        return b"".join(head)
+
     def send_body(self, content: bytes, more_content: bool = False) -> bytes:
         """Bytes for a response body chunk (and the end of the response unless
         ``more_content``). A HEAD response drops the content."""
         if type(content) is not bytes:
             raise InvalidResponse(f"response content must be bytes, not {type(content).__name__}")
+        if self._bypassed:
+            raise InvalidResponse("the response was already sent")
         data = b""
         try:
             if content and self._method != b"HEAD":
@@ -396,11 +479,9 @@ class HTTPServerProtocol:
     @property
     def keep_alive(self) -> bool:
         """True when the connection can serve another request after this one."""
-        return (
-            not self._must_close
-            and self._conn.our_state is h11.DONE
-            and self._conn.their_state is h11.DONE
-        )
+        if self._must_close or self._conn.their_state is not h11.DONE:
+            return False
+        return self._bypassed or self._conn.our_state is h11.DONE
 
     @property
     def request_complete(self) -> bool:
@@ -409,9 +490,23 @@ class HTTPServerProtocol:
 
     def start_next_cycle(self) -> None:
         """Reset for the next request (only when :attr:`keep_alive`)."""
-        self._conn.start_next_cycle()
+        if self._bypassed:
+            # h11 did not see the response: the next request starts in a fresh h11
+            # connection, with the bytes already received after this request.
+            if not self.keep_alive:
+                raise h11.LocalProtocolError("not in a reusable state")
+            pending = self._conn.trailing_data[0]
+            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
+            if pending:
+                self._conn.receive_data(pending)
+            if self._eof:
+                self._conn.receive_data(b"")
+            self._bypassed = False
+        else:
+            self._conn.start_next_cycle()
         self._head = None
         self._method = b""
+        self._request_keep_alive = False
         self._response_started = False
         self._response_done = False
 

@@ -52,6 +52,7 @@ def test_the_core_never_imports_trio() -> None:
     assert imported <= {
         "__future__",
         "collections",
+        "re",
         "dataclasses",
         "http",
         "typing",
@@ -274,6 +275,123 @@ def test_invalid_responses_are_the_applications_fault(
         proto.start_response(status, headers, content)  # type: ignore[arg-type]
     answer = proto.error_response(500)
     assert answer.startswith(b"HTTP/1.1 500 Internal Server Error")
+
+
+_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+]
+_NAMES = st.sampled_from(
+    [
+        b"content-type",
+        b"X-Custom",
+        b"Content-Length",
+        b"transfer-encoding",
+        b"Connection",
+        b"host",
+        b"set-cookie",
+        b"bad name",
+        b"",
+        "x-str",
+        b"x\x00",
+    ]
+)
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            b"text/plain",
+            b"",
+            b" x",
+            b"x ",
+            b"a, b",
+            b"close",
+            b"chunked",
+            b"2",
+            b"a\r\nb",
+            b"\xff\xfe",
+            "caf\u00e9",
+            b"a\tb",
+        ]
+    ),
+    st.binary(max_size=8),
+)
+
+
+def _answer(
+    request: bytes,
+    fast: bool,
+    status: int,
+    headers: list[tuple[object, object]],
+    content: bytes,
+    close: bool,
+) -> tuple[bytes | type[InvalidResponse], bool, list[object]]:
+    proto = HTTPServerProtocol()
+    if not fast:
+        proto._complete_response = lambda *args: None  # type: ignore[method-assign]
+    # a pipelined request follows, where the client does not end the connection
+    ends = b"close" in request.lower() or b"HTTP/1.0" in request
+    events(proto, request + (b"" if ends else b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"))
+    try:
+        data = proto.start_response(status, headers, content, close=close)
+    except InvalidResponse:
+        return InvalidResponse, False, []
+    assert proto.response_done and not proto.waiting_for_100_continue
+    if not proto.keep_alive:
+        return data, False, []
+    proto.start_next_cycle()
+    return data, True, events(proto, b"")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.sampled_from(_REQUESTS),
+    st.sampled_from([200, 201, 204, 304, 404, 500, 599, 999]),
+    st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+    st.binary(max_size=20),
+    st.booleans(),
+)
+def test_a_whole_response_written_without_h11_is_what_h11_writes(
+    request: bytes,
+    status: int,
+    headers: list[tuple[object, object]],
+    content: bytes,
+    close: bool,
+) -> None:
+    """start_response writes a whole response to a keep-alive HTTP/1.1 request itself
+    (h11's three events cost most of a small request): the bytes, the errors, the
+    connection's reuse and the next pipelined request are exactly those of h11."""
+    assert _answer(request, True, status, headers, content, close) == _answer(
+        request, False, status, headers, content, close
+    )
+
+
+def test_fast_responses_keep_pipelining_and_end_of_input() -> None:
+    proto = HTTPServerProtocol()
+    proto.receive_data(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [type(e) for e in (proto.next_event(), proto.next_event())] == [RequestHead, BodyEnd]
+    assert proto.next_event() is PAUSED
+    proto.start_response(200, [], b"1")
+    proto.receive_data(b"")
+    proto.start_next_cycle()
+    second = proto.next_event()
+    assert isinstance(second, RequestHead) and second.path == "/2"
+    assert isinstance(proto.next_event(), BodyEnd)
+    proto.start_response(200, [], b"2")
+    with pytest.raises(InvalidResponse):
+        proto.send_body(b"more")  # the response is complete
+    with pytest.raises(InvalidResponse):
+        proto.start_response(200, [], b"again")
+    proto.start_next_cycle()
+    assert proto.next_event() == ClientClosed()
 
 
 # -- hostile input ---------------------------------------------------------------------
