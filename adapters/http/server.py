@@ -577,7 +577,8 @@ class HTTPFront:
         reply = cycle.reply
         assert reply is not None
         timeout = math.inf if config.is_long_poll(head.path) else config.response_timeout
-        deadline = trio.current_time() + timeout
+        now = trio.current_time()
+        deadline = now + timeout
         state = _Progress(close=body_channel is not None)
         if body_channel is None:
             # Fast path: most responses come within milliseconds, so the first message
@@ -587,7 +588,7 @@ class HTTPFront:
             timer = cycle.timer
             cycle.phase = _FAST_WAIT_PHASE
             cycle.pending = (head, state, deadline)
-            timer.deadline = min(deadline, trio.current_time() + _FAST_WAIT)
+            timer.deadline = min(deadline, now + _FAST_WAIT)
             try:
                 message = await reply.receive()
             except ReplyOverrun:
@@ -608,11 +609,16 @@ class HTTPFront:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._disconnected(cycle, head)
                 return False
-            timer.deadline = math.inf
             cycle.phase = _BUSY_PHASE
             if proto.response_done:
                 self._log(conn, head, state.status, state.sent)
-                return proto.keep_alive
+                if proto.keep_alive:
+                    # The next step sets the deadline before it awaits anything (the
+                    # next head's, in _read_head): moving it to inf here first is waste.
+                    return True
+                timer.deadline = math.inf
+                return False
+            timer.deadline = math.inf
         return await self._respond_watching(
             stream, conn, proto, head, cycle, body_channel, chunk_size, state, deadline
         )
