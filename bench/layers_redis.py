@@ -19,15 +19,17 @@ with the interface-server pattern) in messages/s; send_group to 1,000 members, f
 call until every member's task has its message; the 1,000 ``group_add`` calls; csp-bus
 alone: the same with 10,000 members.
 
-send_group, like for like: every member is a task of its own that must get the message.
-The headline reads each system the way its deployments do. csp-bus: the server's own
-``ReplyDispatcher`` (DESIGN.md 5): one ``receive`` loop on the process prefix hands each
-message to its member's task through a bounded Trio memory channel. channels_redis: each
-member task awaits ``receive()`` on its own ``new_channel()``, as a Channels consumer does
-(``RedisChannelLayer`` itself runs one loop per prefix and hands each message to the
-channel's queue: the same structure). Also printed: csp-bus with 1,000 tasks each in
-``receive(prefix)``, and every system read by one task (csp-bus: the receive loop alone;
-channels_redis: one task receiving the channels one after another).
+send_group, like for like: from the call until every member's message has been taken by
+what handles that member, each system read the way its deployments read it. csp-bus (the
+headline): the server's own ``ReplyDispatcher`` (DESIGN.md 5), one ``receive`` loop on
+the process prefix, and each member a connection that takes its message in the
+dispatcher's task through ``ReplyChannel.wakeup`` (how the WebSocket server applies
+replies: no task wakes per member). channels_redis: each member task awaits ``receive()``
+on its own ``new_channel()``, as a Channels consumer does (its API reads one channel per
+call, so a task per member is how a group reaches its consumers). Also printed: csp-bus
+with a task per member fed through the dispatcher's memory channels, csp-bus with 1,000
+tasks each in ``receive(prefix)``, and every system read by one task (csp-bus: the receive
+loop alone; channels_redis: one task receiving the channels one after another).
 
 Setup (the peers' venv is created on first use; by hand it is)::
 
@@ -174,12 +176,14 @@ async def csp_pairs(url: str, count: int, per_pair: int, kind: str) -> float:
 
 
 async def csp_group(url: str, members: int) -> dict[str, float]:
-    """send_group to ``members`` channels of one process prefix, three ways of reading:
+    """send_group to ``members`` channels of one process prefix, four ways of reading:
 
     * ``group_ms`` (the headline): the interface-server pattern (DESIGN.md 5), with the
-      server's own :class:`ReplyDispatcher`: one receive loop on the process prefix hands
-      each message to its member's task through a bounded Trio memory channel; until
-      every member task has its message;
+      server's own :class:`ReplyDispatcher`: one receive loop on the process prefix, each
+      member a connection whose ``wakeup`` hook takes its message in the dispatcher's
+      task (as the WebSocket glue does); until every member has taken its message;
+    * ``group_tasks_ms``: the same dispatcher handing each message to its member's task
+      through a bounded Trio memory channel (a connection parked in ``receive()``);
     * ``group_waiters_ms``: ``members`` tasks each in ``receive(prefix)``;
     * ``group_one_task_ms``: one task receives them all (the receive loop alone).
     """
@@ -200,6 +204,13 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
             if received == members:
                 done.set()
 
+        def taker(channel: ReplyChannel) -> Callable[[], None]:
+            def take() -> None:
+                if channel.receive_nowait() is not None:
+                    got()
+
+            return take
+
         async def member(channel: ReplyChannel) -> None:
             await channel.receive()
             got()
@@ -207,14 +218,23 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             for channel in channels:
-                nursery.start_soon(member, channel)
-            await trio.sleep(0.5)  # every member task and the loop are waiting
+                channel.wakeup = taker(channel)
+            await trio.sleep(0.5)  # the loop is waiting
             start = time.perf_counter()
             await layer.send_group("bench-group", MESSAGE)
             await done.wait()
             server = time.perf_counter() - start
+            received, done = 0, trio.Event()
+            for channel in channels:
+                channel.wakeup = None
+                nursery.start_soon(member, channel)
+            await trio.sleep(0.5)  # every member task is waiting
+            start = time.perf_counter()
+            await layer.send_group("bench-group", MESSAGE)
+            await done.wait()
+            tasks = time.perf_counter() - start
             nursery.cancel_scope.cancel()
-        assert dispatcher.delivered == members, dispatcher.delivered
+        assert dispatcher.delivered == 2 * members, dispatcher.delivered
 
         # every member task in its own receive on the prefix
         received, done = 0, trio.Event()
@@ -241,6 +261,7 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
         await layer.flush()
         return {
             "group_ms": server * 1000,
+            "group_tasks_ms": tasks * 1000,
             "group_waiters_ms": waiters * 1000,
             "group_one_task_ms": one_task * 1000,
             "group_add_s": add_seconds,
@@ -308,6 +329,7 @@ def bench_redis(runs: int = RUNS, group_only: bool = False) -> None:
             for members in (1000, 10_000):
                 result = measure("group", trio.run, csp_group, group_url, members)
                 add(f"csp.group{members}", result["group_ms"])
+                add(f"csp.group_tasks{members}", result["group_tasks_ms"])
                 add(f"csp.group_waiters{members}", result["group_waiters_ms"])
                 add(f"csp.group_one{members}", result["group_one_task_ms"])
                 add(f"csp.group_add{members}", result["group_add_s"] * 1000)
@@ -344,6 +366,13 @@ def report(figures: dict[str, list[float]], runs: int, group_only: bool = False)
     for label, ours, core, pubsub, digits in (
         ("send_group 1,000: ms to all (*)", "csp.group1000", "core.group_ms", "pubsub.group_ms", 1),
         (
+            "  same, dispatched to 1,000 tasks: ms",
+            "csp.group_tasks1000",
+            "core.group_ms",
+            "pubsub.group_ms",
+            1,
+        ),
+        (
             "  same, 1,000 receives waiting: ms",
             "csp.group_waiters1000",
             "core.group_ms",
@@ -372,16 +401,21 @@ def report(figures: dict[str, list[float]], runs: int, group_only: bool = False)
         )
     print(f"{'send_group 10,000: ms to all (*)':<34}{_cell(figures['csp.group10000'], ' ms'):>24}")
     print(
+        f"{'  same, dispatched to 10,000 tasks':<34}"
+        f"{_cell(figures['csp.group_tasks10000'], ' ms'):>24}"
+    )
+    print(
         f"{'  same, 10,000 receives waiting: ms':<34}"
         f"{_cell(figures['csp.group_waiters10000'], ' ms'):>24}"
     )
     print(f"{'  same, read by one task: ms':<34}{_cell(figures['csp.group_one10000'], ' ms'):>24}")
     print(f"{'10,000 group_add calls: ms':<34}{_cell(figures['csp.group_add10000'], ' ms'):>24}")
     print(
-        "(*) until every member's task has its message. csp-bus: one receive loop on the\n"
-        "    process prefix hands each message to its member's task (DESIGN.md 5, how an\n"
-        "    interface server reads); channels_redis: each member task awaits its own\n"
-        "    new_channel() (a Channels consumer; the layer itself runs one loop per prefix)."
+        "(*) until every member has taken its message. csp-bus: one receive loop on the\n"
+        "    process prefix, each member a connection taking its message in the dispatcher's\n"
+        "    task (ReplyChannel.wakeup, as the WebSocket server does; DESIGN.md 5);\n"
+        "    channels_redis: each member task awaits its own new_channel() (a Channels\n"
+        "    consumer; the layer itself runs one loop per prefix feeding per-channel queues)."
     )
     if group_only:
         return
