@@ -583,6 +583,7 @@ class _Session:
         finally:
             self.nursery = None
             self.reply.wakeup = None
+            self.registered_deadline = math.inf  # its timekeeper entries are stale now
             self.server.sessions.discard(self)
             if ws.state is not State.CLOSED:
                 ws.connection_lost()
@@ -609,15 +610,22 @@ class _Timekeeper:
     task and one heap per server process instead of a deadline scope per wait. An entry
     whose session has since registered another deadline is skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: set[_Session]) -> None:
         self.heap: list[tuple[float, int, _Session]] = []
         self.count = itertools.count()
         self.scope: trio.CancelScope | None = None
+        self.sessions = sessions
 
     def add(self, deadline: float, session: _Session) -> None:
         if deadline == math.inf:
             return
-        heapq.heappush(self.heap, (deadline, next(self.count), session))
+        heap = self.heap
+        if len(heap) > 2 * len(self.sessions) + 64:
+            # Stale entries (moved deadlines, ended sessions) would keep ended
+            # sessions alive until their deadline: drop them, amortized O(1) per add.
+            heap[:] = [entry for entry in heap if entry[2].registered_deadline == entry[0]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, next(self.count), session))
         scope = self.scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
@@ -647,7 +655,7 @@ class _Server:
         self.dispatcher = dispatcher
         self.sessions: set[_Session] = set()
         self.active = 0
-        self.timekeeper = _Timekeeper()
+        self.timekeeper = _Timekeeper(self.sessions)
 
     async def handle_upgrade(self, upgrade: UpgradeRequest) -> None:
         limit = self.config.max_connections

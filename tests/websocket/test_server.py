@@ -640,3 +640,50 @@ async def test_wss_echo_big_messages_and_close(
     await server.wait_for("websocket.disconnect")
     assert server.of("websocket.connect")[0]["scheme"] == "wss"
     assert server.of("websocket.disconnect")[0]["code"] == 4001
+
+
+async def test_ended_connections_are_not_kept_by_the_deadline_heap(
+    serve: Any, nursery: trio.Nursery, raw: Any, echo: Any
+) -> None:
+    # Deadlines (handshake, keep-alive) live in one heap per process; the entries of
+    # connections that ended must not keep them in memory until their deadline passes.
+    server = await serve(nursery)
+    timekeeper = server.runtime.extensions["websocket.server"].timekeeper
+    for _ in range(150):
+        client, event = await raw.connect(server.port)
+        assert isinstance(event, AcceptConnection)
+        await client.send(CloseConnection(code=1000))
+        await client.wait_closed()
+        await client.aclose()
+    await server.wait_for("websocket.disconnect", 150)
+    client, _ = await raw.connect(server.port)  # one more entry: the heap is compacted
+    assert len(timekeeper.heap) <= 2 * 1 + 64 + 1
+    await client.aclose()
+
+
+async def test_a_reply_that_breaks_the_glue_drops_only_its_connection(
+    serve: Any, nursery: trio.Nursery, raw: Any, echo: Any, monkeypatch: Any
+) -> None:
+    # Replies are applied in the reply dispatcher's task: an unexpected error there
+    # drops that one connection and the dispatcher goes on serving the others.
+    from csp_bus.adapters.websocket import protocol
+
+    original = protocol.WebSocketConnection.reply
+
+    def reply(self: Any, message: dict[str, Any]) -> None:
+        if message.get("text") == "boom":
+            raise RuntimeError("a bug")
+        original(self, message)
+
+    monkeypatch.setattr(protocol.WebSocketConnection, "reply", reply)
+    server = await serve(nursery)
+    victim, _ = await raw.connect(server.port)
+    other, _ = await raw.connect(server.port)
+    await victim.send(TextMessage(data="boom"))
+    await victim.wait_closed()
+    await server.wait_for("websocket.disconnect")
+    await other.send(TextMessage(data="still served"))
+    [event] = await other.events(1)
+    assert isinstance(event, TextMessage) and event.data == "still served"
+    await victim.aclose()
+    await other.aclose()
