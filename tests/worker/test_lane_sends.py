@@ -184,3 +184,39 @@ def test_send_wait_posted_outside_a_worker_is_send_wait() -> None:
         bus.send("c", {"n": 2})
         with pytest.raises(ChannelFull):
             bus.send_wait_posted("c", {"n": 3}, timeout=0.05)
+
+
+async def test_many_consumers_on_shared_threads_each_keep_their_order(
+    layer: MemoryLayer, until: Until
+) -> None:
+    """The pool's threads take jobs from one queue and their wake-ups of the lane tasks
+    are coalesced: with many messages in flight, every consumer's posted sends and
+    blocking calls still run in its own order, and none is lost."""
+    threads_seen: set[str] = set()
+
+    def consumer(message: Message) -> None:
+        threads_seen.add(threading.current_thread().name)
+        reply = message.reply_channel
+        assert reply is not None
+        reply.send({"n": 1})
+        Group(f"g-{message['i']}").add(reply.name)  # blocking
+        reply.send({"n": 2})
+        Group(f"g-{message['i']}").send({"n": 3})
+        reply.send({"n": 4})
+
+    count = 200
+    async with trio.open_nursery() as nursery:
+        worker = await nursery.start(
+            lambda task_status: run_workers(
+                layer, [route("in", consumer)], threads=4, task_status=task_status
+            )
+        )
+        replies = [await layer.new_channel("reply?") for _ in range(count)]
+        for i, reply in enumerate(replies):
+            await layer.send_wait("in", {"i": i, "reply_channel": reply}, timeout=10)
+        await until(lambda: worker.stats.handled == count)
+        for reply in replies:
+            assert [(await layer.receive(reply))[1]["n"] for _ in range(4)] == [1, 2, 3, 4]
+        assert worker.stats.failed == 0
+        assert len(threads_seen) <= 4
+        worker.stop()
