@@ -5,7 +5,7 @@
     CSP_BUS = {
         "LAYER": "redis://127.0.0.1:6379/0",      # default: env CSP_BUS_LAYER, else memory://
         "ROUTING": "myproject.routing.routes",    # default: None (Django views only)
-        "WORKER_THREADS": 8,                      # default: 4
+        "WORKER_THREADS": 8,                      # default: 8
         "RESPONSE_CHUNK_SIZE": 256 * 1024,        # default: 256 KiB per response message
         "BODY_TIMEOUT": 60,                       # default: 60 s to wait for a body chunk
     }
@@ -21,6 +21,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from csp_bus.worker import DEFAULT_THREADS
 
 __all__ = ["DEFAULT_LAYER", "BusSettings", "get_settings"]
 
@@ -40,7 +42,7 @@ class BusSettings:
     #: Dotted path to a router or a list of routes; ``None`` serves Django views only.
     routing: str | None = None
     #: Threads running consumers in each worker process.
-    worker_threads: int = 4
+    worker_threads: int = DEFAULT_THREADS
     #: Largest ``content`` of one response message; bigger bodies go out in several.
     response_chunk_size: int = 256 * 1024
     #: Seconds a ViewConsumer waits for the next chunk of a streamed request body.

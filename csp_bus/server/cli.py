@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from ..errors import UsageError
+from ..worker import DEFAULT_THREADS
 from .adapter import Adapter, resolve_adapters
 from .config import DEFAULT_PORT, ServerConfig, parse_bind
 from .listeners import BoundSocket, make_sockets
@@ -321,9 +322,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=4,
+        default=DEFAULT_THREADS,
         metavar="N",
-        help="embedded worker threads with --app (default 4)",
+        help=f"embedded worker threads with --app (default {DEFAULT_THREADS})",
     )
     listen = parser.add_argument_group("listeners")
     listen.add_argument(

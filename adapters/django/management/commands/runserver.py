@@ -65,7 +65,7 @@ class Command(DjangoRunserver):  # type: ignore[misc]  # Django ships no types
             "--threads",
             type=int,
             metavar="N",
-            help='worker threads (default: CSP_BUS["WORKER_THREADS"], 4)',
+            help='worker threads (default: CSP_BUS["WORKER_THREADS"], 8)',
         )
         parser.add_argument("--layer", metavar="URL", help='default: CSP_BUS["LAYER"]')
         parser.add_argument(

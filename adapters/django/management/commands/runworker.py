@@ -31,7 +31,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
         add_worker_arguments(
             parser,
             threads_default=None,
-            threads_help='consumers running at once (default: CSP_BUS["WORKER_THREADS"], 4)',
+            threads_help='consumers running at once (default: CSP_BUS["WORKER_THREADS"], 8)',
         )
         parser.add_argument(
             "--no-views",
