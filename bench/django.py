@@ -27,9 +27,12 @@ measured runs: the figure load on the machine disturbs least. The issue's target
 compares csp-bus with gunicorn running the *same number of processes*: the Redis mode
 (server + worker) with ``gunicorn-sync-w2``, the embedded mode with ``gunicorn-sync-w1``.
 
-csp-bus workers run 8 threads by default (``--threads``): a sync view's thread waits
-for the Redis round trip of its response message, so more threads overlap those waits
-(measured on this machine under load: 4 threads ~1,100 req/s, 8 ~1,470, 16 ~1,540).
+csp-bus workers run 16 threads here (``--threads``; ``runworker``'s own default is 4):
+with more requests in flight, a thread that finishes a view takes the next queued one
+without sleeping, and the loops take several messages per wake-up (csp-bus-redis on this
+machine, 5 back-to-back pairs: 8 threads 557-693 us of CPU per request in the server and
+worker, 2.55 context switches per request in the worker; 16 threads 447-607 us, 1.88;
+32 threads as 16).
 gunicorn's sync workers have one thread each; Daphne runs Django's sync view in
 asgiref's thread pool.
 
@@ -288,7 +291,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="run only this system")
     parser.add_argument("--quick", action="store_true", help="1 run of 5 s per system")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=8, help="csp-bus worker threads (default 8)")
+    parser.add_argument(
+        "--threads", type=int, default=16, help="csp-bus worker threads (default 16)"
+    )
     parser.add_argument(
         "--redis",
         default=os.environ.get("CSP_BUS_BENCH_REDIS"),
