@@ -27,7 +27,7 @@ measured runs: the figure load on the machine disturbs least. The issue's target
 compares csp-bus with gunicorn running the *same number of processes*: the Redis mode
 (server + worker) with ``gunicorn-sync-w2``, the embedded mode with ``gunicorn-sync-w1``.
 
-csp-bus workers run 16 threads here (``--threads``; ``runworker``'s own default is 4):
+csp-bus workers run 16 threads here (``--threads``; ``runworker``'s own default is 8):
 with more requests in flight, a thread that finishes a view takes the next queued one
 without sleeping, and the loops take several messages per wake-up (csp-bus-redis on this
 machine, 5 back-to-back pairs: 8 threads 557-693 us of CPU per request in the server and
