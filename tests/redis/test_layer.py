@@ -311,3 +311,42 @@ async def test_short_lived_prefixes_leave_no_state_behind(redis_url: str) -> Non
         await layer.send("last!x", {})
         assert await layer.receive("last!") == ("last!x", {})
         assert len(layer._local) <= 2
+
+
+async def test_receives_on_the_same_channels_share_one_blocking_pop(redis_url: str) -> None:
+    """16 receives blocked on the same plain channels (a worker's lanes) share one
+    dedicated connection and one BLMPOP, and a receive cancelled meanwhile leaves its
+    message in the channel."""
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        assert isinstance(layer, RedisLayer)
+        got: list[tuple[int, Any]] = []
+        scopes = [trio.CancelScope() for _ in range(16)]
+        fifteen = trio.Event()
+
+        async def lane(i: int) -> None:
+            with scopes[i]:
+                got.append((i, await layer.receive("lanes.a", "lanes.b")))
+                if len(got) == 15:
+                    fifteen.set()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(lane, i)
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(0.1)
+            (node,) = layer._nodes
+            assert len(node._borrowed) == 1  # one dedicated connection for all 16
+            scopes[15].cancel()  # the youngest waiter gives up
+            await trio.testing.wait_all_tasks_blocked()
+            for n in range(16):
+                await layer.send("lanes.a" if n % 2 else "lanes.b", {"n": n})
+            with trio.fail_after(5):
+                await fifteen.wait()
+        assert sorted(i for i, _ in got) == list(range(15))
+        messages = sorted(message["n"] for _, (_, message) in got)
+        left = await layer.receive_nowait("lanes.a", "lanes.b")
+        assert left is not None
+        assert sorted([*messages, left[1]["n"]]) == list(range(16))
+        assert await layer.receive_nowait("lanes.a", "lanes.b") is None
+        await layer.flush()

@@ -8,7 +8,9 @@ short, with ``P`` the ``prefix`` URL parameter:
 * ``P:g:<group>`` -- a ZSET of member channel -> membership expiry (Unix ms).
 
 Receiving. Normal channels listed in one ``receive`` are waited on together in one
-``BLMPOP`` on a dedicated connection, keys rotated on every call (fairness). Process-local
+``BLMPOP`` on a dedicated connection, keys rotated on every call (fairness); concurrent
+receives on the same channels of a server share it (one loop pops ``COUNT <waiting
+receives>`` and hands the messages out, oldest receive first). Process-local
 prefixes are read by **one reader per server** in this process, whatever the number of
 prefixes: it pops only for prefixes some ``receive`` waits on -- what is ready on all of
 them with one ``pop_all`` script call, else one ``BLMPOP`` over all of them -- and hands
@@ -162,6 +164,25 @@ class _Reader:
         self.blocked_on: frozenset[str] = frozenset()
 
 
+class _Pool:
+    """The receives blocked on the same normal channels of one server: one loop pops
+    for all of them, ``BLMPOP ... COUNT <waiters>``, and hands the messages out oldest
+    waiter first (N idle receivers cost one round trip and one wake-up per batch, not
+    one each, and one dedicated connection instead of N)."""
+
+    __slots__ = ("keys", "node", "running", "scope", "settled", "waiters")
+
+    def __init__(self, node: RedisNode, keys: tuple[str, ...]) -> None:
+        self.node = node
+        self.keys = keys  # full Redis keys
+        self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self.running = False
+        #: the cancel scope of the BLMPOP in flight, and the event set once what it
+        #: popped is handed out or pushed back
+        self.scope: trio.CancelScope | None = None
+        self.settled = trio.Event()
+
+
 class RedisLayer(ChannelLayer):
     """Channels in Redis, shared by every process that opens the same URL and prefix.
 
@@ -193,12 +214,14 @@ class RedisLayer(ChannelLayer):
         self._selectors: dict[tuple[str, ...], _Selector] = {}
         self._local: dict[str, _LocalQueue] = {}
         self._readers: dict[RedisNode, _Reader] = {}
+        self._pools: dict[tuple[RedisNode, tuple[str, ...]], _Pool] = {}
         self._opened = False
         self._host_done = trio.Event()
         self._loops: trio.Nursery | None = None
         self._closed = False
         self._rotation = 0
         self._turn = 0
+        self._pool_turn = 0  # rotates a pool's keys on every BLMPOP (fairness)
         self._sent = 0
         self._received = 0
         self._expired = 0
@@ -317,6 +340,8 @@ class RedisLayer(ChannelLayer):
             closed = LayerClosed("the redis layer was closed while receiving")
             for queue in self._local.values():
                 self._fail_waiters(queue, closed)
+            for pool in list(self._pools.values()):
+                self._fail_pool(pool, closed)
             for node in self._nodes:
                 node.abort_borrowed()
             if self._loops is not None:
@@ -582,7 +607,7 @@ class RedisLayer(ChannelLayer):
         groups = self._by_node(normal_keys)
         if not queues and len(groups) == 1:
             node, keys = groups[0]
-            return await self._pop_blocking(node, keys)
+            return await self._wait_pool(node, keys)
         return await self._race(queues, groups)
 
     async def _race(
@@ -819,6 +844,116 @@ class RedisLayer(ChannelLayer):
                 queue.buffer.extendleft(reversed(items))
 
     # normal channels: one BLMPOP over all of a server's keys
+
+    async def _wait_pool(self, node: RedisNode, keys: list[str]) -> _Item:
+        """Wait in the pool of receives on these keys of ``node`` (see :class:`_Pool`)."""
+        pool_key = (node, tuple(sorted(keys)))
+        pool = self._pools.get(pool_key)
+        if pool is None:
+            pool = self._pools[pool_key] = _Pool(node, pool_key[1])
+        waiter = _Waiter(trio.lowlevel.current_task(), ())
+        pool.waiters[waiter] = None
+        if not pool.running:
+            pool.running = True
+            assert self._loops is not None
+            self._loops.start_soon(self._pool_loop, pool, pool_key)
+
+        settling: list[trio.Event] = []
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            pool.waiters.pop(waiter, None)
+            if pool.scope is not None:
+                # The BLMPOP in flight counted this waiter: unblock it (the loop pops
+                # again for those left) and wait until what it took is back in Redis.
+                pool.scope.cancel()
+                settling.append(pool.settled)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+        except trio.Cancelled:
+            if settling:  # a cancelled receive returns with nothing taken for it
+                with trio.CancelScope(shield=True):
+                    await settling[0].wait()
+            raise
+
+    def _fail_pool(self, pool: _Pool, error: BaseException) -> None:
+        waiters = list(pool.waiters)
+        pool.waiters.clear()
+        for waiter in waiters:
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+
+    async def _pool_loop(self, pool: _Pool, pool_key: tuple[RedisNode, tuple[str, ...]]) -> None:
+        """Pop for a pool while it has waiters, on one dedicated connection."""
+        node = pool.node
+        try:
+            while pool.waiters:
+                try:
+                    async with node.blocking() as connection:
+                        while pool.waiters:
+                            await self._pool_pop(pool, connection)
+                except LayerError as exc:
+                    self._fail_pool(pool, exc)
+                if self._dead:
+                    await self._reap()
+        finally:
+            pool.running = False
+            if self._pools.get(pool_key) is pool:
+                del self._pools[pool_key]
+            if pool.waiters:  # only when the layer closes (its loops are cancelled)
+                self._fail_pool(pool, LayerClosed("the redis layer was closed while receiving"))
+
+    async def _pool_pop(self, pool: _Pool, connection: Connection) -> None:
+        """One BLMPOP for as many messages as the pool has waiters; hand them out."""
+        keys = list(pool.keys)
+        if len(keys) > 1:  # fairness across channels: start elsewhere each time
+            self._pool_turn += 1
+            shift = self._pool_turn % len(keys)
+            keys = keys[shift:] + keys[:shift]
+        settled = pool.settled = trio.Event()
+        try:
+            await self._pool_pop_settle(pool, connection, keys)
+        finally:
+            settled.set()
+
+    async def _pool_pop_settle(self, pool: _Pool, connection: Connection, keys: list[str]) -> None:
+        popped = None
+        with trio.CancelScope() as scope:
+            pool.scope = scope
+            try:
+                popped = await self._bpop(
+                    pool.node, connection, keys, min(BATCH, len(pool.waiters)), RECEIVE_BLOCK
+                )
+            finally:
+                pool.scope = None
+        if popped is None:
+            return
+        envelopes = popped[1]
+        waiters = pool.waiters
+        now = _now_ms()
+        reschedule = trio.lowlevel.reschedule
+        for index, envelope in enumerate(envelopes):
+            if not waiters:  # some waiters were cancelled meanwhile: the rest goes back
+                await self._push_back_popped(pool.node, popped[0], envelopes[index:])
+                return
+            entry = self._open_envelope(envelope, now)
+            if entry is None:
+                continue
+            item = self._entry_taken(entry, now)
+            if item is None:
+                continue
+            waiter = waiters.popitem(last=False)[0]
+            waiter.item = item
+            reschedule(waiter.task, waiter)
+
+    async def _push_back_popped(self, node: RedisNode, key: bytes, envelopes: list[bytes]) -> None:
+        """Return envelopes popped (oldest first) to the oldest end of their list."""
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self.config.connect.timeout):
+                    await node.execute("RPUSH", key, *reversed(envelopes))
+            except (LayerError, trio.TooSlowError):
+                log.warning("lost %d messages of %r: not pushed back", len(envelopes), key)
 
     async def _pop_blocking(self, node: RedisNode, keys: list[str]) -> _Item:
         async with node.blocking() as connection:
