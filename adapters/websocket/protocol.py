@@ -542,6 +542,7 @@ class WebSocketConnection:
         "_order",
         "_out",
         "_peer_code",
+        "_pending",
         "_request",
         "_sent_code",
         "_ws",
@@ -601,6 +602,8 @@ class WebSocketConnection:
         self._peer_code: int | None = None
         self._sent_code: int | None = None
         self._inbound = _Inbound()
+        #: bytes kept from wsproto for the fast path (see :meth:`_read_fast`)
+        self._pending = b""
         self._keepalive = (
             _Keepalive(interval=config.ping_interval, timeout=config.ping_timeout)
             if config.ping_interval is not None and config.ping_timeout is not None
@@ -631,6 +634,12 @@ class WebSocketConnection:
                 self._keepalive.heard = True
             if self._ws.state is ConnectionState.CLOSED:
                 return
+            if data and (self._pending or self._fast_ready()):
+                self._pending += data  # parsed by _read_frames
+                return
+            if self._pending:  # wsproto must see them first
+                pending, self._pending = self._pending, b""
+                self._ws.receive_data(pending)
             self._ws.receive_data(data if data else None)
         # CLOSED: whatever arrives now is ignored.
 
@@ -891,8 +900,81 @@ class WebSocketConnection:
 
     # -- frames --------------------------------------------------------------------------
 
+    # The fast path: most frames a client sends are small, complete, masked, unfragmented
+    # text or binary frames, and wsproto's generic parser costs more than the rest of
+    # their handling. When wsproto holds nothing (no buffered bytes, no frame or
+    # fragmented message under way, no queued event) and no extension was negotiated,
+    # such frames are parsed here; anything else (control frames, fragments, RSV bits,
+    # 64-bit lengths, a frame not complete yet, invalid UTF-8, a message over
+    # ``max_message_size``) and everything after it goes to wsproto, which then answers
+    # exactly as without the fast path (tests/websocket/test_fast_path.py compares both).
+    _FAST_PATH = True
+
+    def _fast_ready(self) -> bool:
+        ws = self._ws
+        if not self._FAST_PATH or self._deflate is not None or self.state is not State.OPEN:
+            return False
+        assert ws is not None
+        proto = ws._proto
+        decoder = proto._frame_decoder
+        return (
+            ws.state is ConnectionState.OPEN
+            and not ws._events
+            and not decoder.buffer.buffer
+            and decoder.header is None
+            and proto._message_decoder.opcode is None
+            and not self._inbound.parts
+        )
+
+    def _read_fast(self) -> None:
+        data, self._pending = self._pending, b""
+        pos, end = 0, len(data)
+        limit = self.config.max_message_size
+        events = self._events
+        while end - pos >= 6 and self.state is State.OPEN:
+            first = data[pos]
+            if first != 0x81 and first != 0x82:  # FIN, no RSV bit, text or binary
+                break
+            length = data[pos + 1]
+            if length < 0x80:  # not masked
+                break
+            length &= 0x7F
+            if length < 126:
+                head = pos + 6
+            elif length == 126 and end - pos >= 8:
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:  # not the shortest form: wsproto fails it
+                    break
+                head = pos + 8
+            else:
+                break
+            if length > limit or end - head < length:
+                break
+            payload = data[head : head + length]
+            if length:
+                mask = data[head - 4 : head] * ((length + 3) // 4)
+                payload = (
+                    int.from_bytes(payload, "little") ^ int.from_bytes(mask[:length], "little")
+                ).to_bytes(length, "little")
+            if first == 0x81:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # wsproto answers 1007
+                self._order += 1
+                events.append(MessageReceived(message=self._receive_message(text, None)))
+            else:
+                self._order += 1
+                events.append(MessageReceived(message=self._receive_message(None, payload)))
+            pos = head + length
+        if pos < end:
+            assert self._ws is not None
+            self._ws.receive_data(data[pos:] if pos else data)
+
     def _read_frames(self) -> None:
         assert self._ws is not None
+        if self._pending:
+            self._read_fast()
         for event in self._ws.events():
             if isinstance(event, TextMessage | BytesMessage):
                 self._on_data(event)
@@ -1035,7 +1117,27 @@ class WebSocketConnection:
         if self.state is not State.OPEN:
             return
         assert self._ws is not None
-        if text is not None:
+        if (
+            self._FAST_PATH
+            and self._deflate is None
+            and self._ws.state is ConnectionState.OPEN
+            and has_data
+        ):
+            # No extension: the frame is the header and the payload (as wsproto frames it).
+            data = text.encode("utf-8") if text is not None else payload
+            assert data is not None
+            length = len(data)
+            out = self._out
+            if length < 126:
+                out += bytes((0x81 if text is not None else 0x82, length))
+            elif length < 65536:
+                out += bytes((0x81 if text is not None else 0x82, 126, length >> 8, length & 255))
+            else:
+                out.append(0x81 if text is not None else 0x82)
+                out.append(127)
+                out += length.to_bytes(8, "big")
+            out += data
+        elif text is not None:
             self._out += self._ws.send(TextMessage(data=text))
         elif payload is not None:
             self._out += self._ws.send(BytesMessage(data=bytes(payload)))
