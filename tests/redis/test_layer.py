@@ -314,9 +314,9 @@ async def test_short_lived_prefixes_leave_no_state_behind(redis_url: str) -> Non
 
 
 async def test_receives_on_the_same_channels_share_one_blocking_pop(redis_url: str) -> None:
-    """16 receives blocked on the same plain channels (a worker's lanes) share one
-    dedicated connection and one BLMPOP, and a receive cancelled meanwhile leaves its
-    message in the channel."""
+    """16 receives blocked on the same plain channels (a worker's lanes): the first
+    pops alone, the 15 others share one dedicated connection and one BLMPOP, and a
+    receive cancelled meanwhile leaves its message in the channel."""
     async with open_layer(redis_url) as layer:
         await layer.flush()
         assert isinstance(layer, RedisLayer)
@@ -336,7 +336,7 @@ async def test_receives_on_the_same_channels_share_one_blocking_pop(redis_url: s
                 await trio.testing.wait_all_tasks_blocked()
             await trio.sleep(0.1)
             (node,) = layer._nodes
-            assert len(node._borrowed) == 1  # one dedicated connection for all 16
+            assert len(node._borrowed) == 2  # two dedicated connections for 16
             scopes[15].cancel()  # the youngest waiter gives up
             await trio.testing.wait_all_tasks_blocked()
             for n in range(16):

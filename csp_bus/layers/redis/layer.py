@@ -215,6 +215,8 @@ class RedisLayer(ChannelLayer):
         self._local: dict[str, _LocalQueue] = {}
         self._readers: dict[RedisNode, _Reader] = {}
         self._pools: dict[tuple[RedisNode, tuple[str, ...]], _Pool] = {}
+        #: pools whose keys one receive pops alone, in its own task
+        self._solo: set[tuple[RedisNode, tuple[str, ...]]] = set()
         self._opened = False
         self._host_done = trio.Event()
         self._loops: trio.Nursery | None = None
@@ -849,6 +851,14 @@ class RedisLayer(ChannelLayer):
         """Wait in the pool of receives on these keys of ``node`` (see :class:`_Pool`)."""
         pool_key = (node, tuple(sorted(keys)))
         pool = self._pools.get(pool_key)
+        if pool_key not in self._solo and (pool is None or not pool.waiters):
+            # Nobody else waits on these keys: pop in this task (no hand-off), as the
+            # receives that join meanwhile share the pool's BLMPOP.
+            self._solo.add(pool_key)
+            try:
+                return await self._pop_blocking(node, keys)
+            finally:
+                self._solo.discard(pool_key)
         if pool is None:
             pool = self._pools[pool_key] = _Pool(node, pool_key[1])
         waiter = _Waiter(trio.lowlevel.current_task(), ())
