@@ -165,6 +165,8 @@ def running(server: Server) -> Iterator[tuple[str, list[int]]]:
     try:
         wait_port(port, process)
         yield f"ws://127.0.0.1:{port}{server.path}", tree(process.pid)
+        if process.poll() is not None:  # it died during the run: say how, with its log
+            raise RuntimeError(f"{server.name} exited with {process.returncode} during the run")
     except BaseException:
         log.seek(0)
         sys.stderr.write(log.read().decode(errors="replace")[-3000:])
