@@ -83,3 +83,20 @@ def redis_url(redis_server: tuple[str, int], request: pytest.FixtureRequest) -> 
     host, port = redis_server
     prefix = "t" + format(abs(hash(request.node.nodeid)) % 16**10, "x")
     return f"redis://{host}:{port}/0?prefix={prefix}"
+
+
+@pytest.fixture
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 made by the openssl command: (cert, key)
+    paths. Skips the test when there is no openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -398,31 +397,8 @@ async def test_unix_socket_and_ipv6(serve, nursery, tmp_path: Path) -> None:
     nursery.cancel_scope.cancel()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-async def test_tls(serve, nursery, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    await trio.run_process(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_stdout=True,
-        capture_stderr=True,
-    )
+async def test_tls(serve, nursery, self_signed_cert: tuple[str, str]) -> None:
+    cert, key = self_signed_cert
     served = await serve(
         nursery, server=ServerConfig(binds=LOCAL, certfile=str(cert), keyfile=str(key))
     )

@@ -6,9 +6,7 @@ blocking client run in a thread); hostile or silent ones are a raw wsproto clien
 
 from __future__ import annotations
 
-import shutil
 import ssl
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -587,35 +585,12 @@ async def test_http_and_websocket_share_the_port(
     await client.aclose()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_wss_echo_big_messages_and_close(
-    serve: Any, nursery: trio.Nursery, tmp_path: Path
+    serve: Any, nursery: trio.Nursery, self_signed_cert: tuple[str, str]
 ) -> None:
     # Over TLS the connection is read and written by helper tasks (the direct paths
     # need the plain socket): the same behaviour, big messages included.
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    await trio.run_process(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_stdout=True,
-        capture_stderr=True,
-    )
+    cert, key = self_signed_cert
     server: WSServer = await serve(
         nursery,
         server=ServerConfig(
