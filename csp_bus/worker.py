@@ -325,8 +325,8 @@ class _Job:
         "message",
         "outbox",
         "task",
-        "waiter",
         "waiting",
+        "waker",
     )
 
     def __init__(
@@ -335,13 +335,13 @@ class _Job:
         message: Message,
         kwargs: dict[str, str],
         task: trio.lowlevel.Task,
-        waiter: _Waker,
+        waker: _Waker,
     ) -> None:
         self.consumer = consumer
         self.message = message
         self.kwargs = kwargs
         self.task = task
-        self.waiter = waiter
+        self.waker = waker
         self.context = contextvars.copy_context()
         self.abandoned = False
         self.finished = False  # the Trio run is over
@@ -374,7 +374,7 @@ class _Job:
             if not self.waiting:
                 return True
             self.waiting = False
-        if not self.waiter.wake(self):
+        if not self.waker.wake(self):
             self.finished = True
             return False
         return True
@@ -568,41 +568,39 @@ class Worker:
         channels = self.channels
         receive = self.layer.receive
         failures = 0
-        while not stopping.is_set():
-            # One cancel scope serves many receives (a scope per message cost ~6% of an
-            # async echo round trip): stop() cancels it only while it is registered,
-            # that is while the lane receives, never while it runs a consumer.
-            taken: tuple[str, dict[str, Any]] | None = None
-            with trio.CancelScope() as scope:
-                while not stopping.is_set():
-                    self._receive_scopes.add(scope)
-                    try:
-                        taken = await receive(*channels)
-                    except LayerClosed:
-                        logger.info("the layer was closed: lane %d ends", index)
-                        return
-                    except LayerError as exc:
-                        # The backend is down (Redis restarting...): wait and try again,
-                        # never die of it. Logged once per outage, per lane.
-                        if not failures:
-                            logger.warning("receive failed (%s); retrying with backoff", exc)
-                        await trio.sleep(min(_OUTAGE_MAX, _OUTAGE_FIRST * 2**failures))
-                        failures += 1
-                        continue
-                    finally:
-                        self._receive_scopes.discard(scope)
-                    if failures:
-                        logger.info("receiving again after %d failed tries", failures)
-                        failures = 0
-                    self.stats.received += 1
-                    if scope.cancel_called:
-                        break  # stop() came as the receive returned: handled below
-                    await self._handle(threads, nursery, requeues, *taken)
-                    taken = None
-            if scope.cancelled_caught:
-                return  # stop(): the cancelled receive took nothing
-            if taken is not None:
+        # One cancel scope serves every receive of the lane (a scope per message cost ~6%
+        # of an async echo round trip): stop() sets ``stopping`` and then cancels the
+        # scope only while it is registered, that is while the lane receives, never
+        # while it runs a consumer. A cancelled receive took nothing.
+        taken: tuple[str, dict[str, Any]] | None = None
+        with trio.CancelScope() as scope:
+            while not stopping.is_set():
+                self._receive_scopes.add(scope)
+                try:
+                    taken = await receive(*channels)
+                except LayerClosed:
+                    logger.info("the layer was closed: lane %d ends", index)
+                    return
+                except LayerError as exc:
+                    # The backend is down (Redis restarting...): wait and try again,
+                    # never die of it. Logged once per outage, per lane.
+                    if not failures:
+                        logger.warning("receive failed (%s); retrying with backoff", exc)
+                    await trio.sleep(min(_OUTAGE_MAX, _OUTAGE_FIRST * 2**failures))
+                    failures += 1
+                    continue
+                finally:
+                    self._receive_scopes.discard(scope)
+                if failures:
+                    logger.info("receiving again after %d failed tries", failures)
+                    failures = 0
+                self.stats.received += 1
+                if scope.cancel_called:
+                    break  # stop() came as the receive returned: handled below
                 await self._handle(threads, nursery, requeues, *taken)
+                taken = None
+        if taken is not None:
+            await self._handle(threads, nursery, requeues, *taken)
 
     def _consumer_is_async(self, consumer: Any) -> bool:
         found = self._is_async.get(consumer)
