@@ -914,7 +914,8 @@ class RedisLayer(ChannelLayer):
                 self._fail_pool(pool, LayerClosed("the redis layer was closed while receiving"))
 
     async def _pool_pop(self, pool: _Pool, connection: Connection) -> None:
-        """One BLMPOP for as many messages as the pool has waiters; hand them out."""
+        """One BLMPOP for as many messages as the pool has waiters; hand them out. Sets
+        ``pool.settled`` once what it popped is handed out or back in Redis."""
         keys = list(pool.keys)
         if len(keys) > 1:  # fairness across channels: start elsewhere each time
             self._pool_turn += 1
@@ -922,22 +923,22 @@ class RedisLayer(ChannelLayer):
             keys = keys[shift:] + keys[:shift]
         settled = pool.settled = trio.Event()
         try:
-            await self._pool_pop_settle(pool, connection, keys)
+            popped = None
+            with trio.CancelScope() as scope:
+                pool.scope = scope
+                try:
+                    popped = await self._bpop(
+                        pool.node, connection, keys, min(BATCH, len(pool.waiters)), RECEIVE_BLOCK
+                    )
+                finally:
+                    pool.scope = None
+            if popped is not None:
+                await self._hand_out(pool, popped)
         finally:
             settled.set()
 
-    async def _pool_pop_settle(self, pool: _Pool, connection: Connection, keys: list[str]) -> None:
-        popped = None
-        with trio.CancelScope() as scope:
-            pool.scope = scope
-            try:
-                popped = await self._bpop(
-                    pool.node, connection, keys, min(BATCH, len(pool.waiters)), RECEIVE_BLOCK
-                )
-            finally:
-                pool.scope = None
-        if popped is None:
-            return
+    async def _hand_out(self, pool: _Pool, popped: tuple[bytes, list[bytes]]) -> None:
+        """Give each waiter of ``pool``, oldest first, one of the popped messages."""
         envelopes = popped[1]
         waiters = pool.waiters
         now = _now_ms()
