@@ -517,6 +517,24 @@ class _Inbound:
     text: bool = False
 
 
+def _wsproto_state_readable() -> bool:
+    """True when wsproto keeps its parser state where the frame fast path looks for it
+    (``WebSocketConnection._fast_ready`` reads wsproto internals, checked against wsproto
+    1.2 and 1.3); a wsproto that moved them gets the plain wsproto path, never an error."""
+    try:
+        connection = Connection(ConnectionType.SERVER)
+        proto = connection._proto
+        decoder = proto._frame_decoder
+        return (
+            not connection._events
+            and not decoder.buffer.buffer
+            and decoder.header is None
+            and proto._message_decoder.opcode is None
+        )
+    except AttributeError:
+        return False
+
+
 class WebSocketConnection:
     """The server side of one WebSocket connection, without I/O.
 
@@ -908,7 +926,7 @@ class WebSocketConnection:
     # 64-bit lengths, a frame not complete yet, invalid UTF-8, a message over
     # ``max_message_size``) and everything after it goes to wsproto, which then answers
     # exactly as without the fast path (tests/websocket/test_fast_path.py compares both).
-    _FAST_PATH = True
+    _FAST_PATH = _wsproto_state_readable()
 
     def _fast_ready(self) -> bool:
         ws = self._ws
@@ -956,16 +974,15 @@ class WebSocketConnection:
                 payload = (
                     int.from_bytes(payload, "little") ^ int.from_bytes(mask[:length], "little")
                 ).to_bytes(length, "little")
+            text: str | None = None
             if first == 0x81:
                 try:
                     text = payload.decode("utf-8")
                 except UnicodeDecodeError:
                     break  # wsproto answers 1007
-                self._order += 1
-                events.append(MessageReceived(message=self._receive_message(text, None)))
-            else:
-                self._order += 1
-                events.append(MessageReceived(message=self._receive_message(None, payload)))
+            self._order += 1
+            message = self._receive_message(text, None if text is not None else payload)
+            events.append(MessageReceived(message=message))
             pos = head + length
         if pos < end:
             assert self._ws is not None
@@ -1126,16 +1143,15 @@ class WebSocketConnection:
             # No extension: the frame is the header and the payload (as wsproto frames it).
             data = text.encode("utf-8") if text is not None else payload
             assert data is not None
+            first = 0x81 if text is not None else 0x82  # FIN + text or binary
             length = len(data)
             out = self._out
             if length < 126:
-                out += bytes((0x81 if text is not None else 0x82, length))
+                out += bytes((first, length))
             elif length < 65536:
-                out += bytes((0x81 if text is not None else 0x82, 126, length >> 8, length & 255))
+                out += bytes((first, 126, length >> 8, length & 255))
             else:
-                out.append(0x81 if text is not None else 0x82)
-                out.append(127)
-                out += length.to_bytes(8, "big")
+                out += bytes((first, 127)) + length.to_bytes(8, "big")
             out += data
         elif text is not None:
             self._out += self._ws.send(TextMessage(data=text))

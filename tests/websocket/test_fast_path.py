@@ -210,3 +210,18 @@ def test_every_first_byte_matches_wsproto() -> None:
             ):
                 fast = replay(WebSocketConnection, False, script)
                 assert fast == replay(Reference, False, script), (first, head, script)
+
+
+def test_fast_path_is_on_with_this_wsproto_and_off_when_its_internals_move(
+    monkeypatch: Any,
+) -> None:
+    from csp_bus.adapters.websocket import protocol
+
+    assert WebSocketConnection._FAST_PATH  # the installed wsproto keeps them where we look
+
+    class Moved:  # a wsproto whose parser state lives elsewhere
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._events: list[Any] = []
+
+    monkeypatch.setattr(protocol, "Connection", Moved)
+    assert protocol._wsproto_state_readable() is False
