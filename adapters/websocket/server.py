@@ -263,8 +263,6 @@ class _Session:
         else:
             self.woken = True
 
-    nudge = wake
-
     # -- the connection task and its helpers -----------------------------------------------
 
     async def writer(self) -> None:
@@ -530,7 +528,7 @@ class _Session:
             if self.status == 0 and self.ws.rejected_status is not None:
                 self.status = self.ws.rejected_status
             self.flush()
-            self.nudge()
+            self.wake()
 
     # -- the whole connection ---------------------------------------------------------------
 
