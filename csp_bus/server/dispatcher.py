@@ -130,6 +130,7 @@ class ReplyDispatcher:
         return len(self._channels)
 
     async def _hand_over(self, channel: ReplyChannel, message: Message) -> None:
+        """Wait up to ``overrun_timeout`` for room in a full connection buffer."""
         with trio.move_on_after(self.overrun_timeout):
             try:
                 await channel._sender.send(message)
@@ -139,10 +140,15 @@ class ReplyDispatcher:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.dropped += 1
             return
+        self._cut_off(channel)
+
+    def _cut_off(self, channel: ReplyChannel) -> None:
+        """The connection did not take its replies: close its buffer (its receiver sees
+        EndOfChannel -> ReplyOverrun), unregister it and tell it."""
         self.overruns += 1
         channel.overrun = True
         logger.warning("%s: connection too slow to take its replies; cutting it off", channel.name)
-        channel._sender.close()  # its receiver sees EndOfChannel -> ReplyOverrun
+        channel._sender.close()
         self._channels.pop(channel.name, None)
         if channel.wakeup is not None:
             channel.wakeup()
@@ -178,12 +184,7 @@ class ReplyDispatcher:
                 self.delivered += 1
             except trio.WouldBlock:
                 if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
-                    self.overruns += 1
-                    channel.overrun = True
-                    channel._sender.close()
-                    channels.pop(name, None)
-                    if channel.wakeup is not None:
-                        channel.wakeup()
+                    self._cut_off(channel)
                 else:
                     await self._hand_over(channel, message)
                 continue
