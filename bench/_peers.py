@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the peers' virtualenv and local ports.
+"""Helpers shared by the benchmarks: the peers' virtualenv, local ports, a private
+redis-server, and the CPU time of process trees.
 
 The peer systems' virtualenv is ``bench/.peers/venv`` (gitignored).
 
@@ -10,12 +11,16 @@ every benchmark stays Trio-only. ``peer_python(["channels==4.3.2"])`` creates th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +68,69 @@ def wait_port(port: int, process: subprocess.Popen[Any], limit: float = 60) -> N
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+def taskset(core: int) -> list[str]:
+    """The command prefix that pins a process to ``core`` (nothing where it cannot)."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
+        return ["taskset", "-c", str(core)]
+    return []
+
+
+@contextlib.contextmanager
+def private_redis(core: int) -> Iterator[tuple[int, int]]:
+    """A ``redis-server`` of the benchmark's own (no persistence) on a free port, pinned
+    to ``core``; yields ``(port, pid)`` once it answers PING, stops it afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("this benchmark needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="csp-bus-bench-redis-")
+    process = subprocess.Popen(
+        [*taskset(core), binary, "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's redis-server did not start")
+            time.sleep(0.05)
+        yield port, process.pid  # taskset execs: the pid is redis-server's
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn's workers, a reloader's child...)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for kid in (task / "children").read_text().split():
+                found.extend(process_tree(int(kid)))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of ``pids``, including their reaped children (0 for a pid
+    that is gone)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")

@@ -59,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import free_port, peer_python
+from _peers import cpu_seconds, free_port, peer_python, private_redis, process_tree, taskset
 
 PEERS = ["django==5.2.19", "channels==4.3.2", "daphne==4.2.3", "gunicorn"]
 BODY = b"Hello, world!"
@@ -112,65 +112,6 @@ def write_project(root: Path) -> None:
     (package / "urls.py").write_text(URLS)
     (package / "wsgi.py").write_text(WSGI)
     (package / "asgi.py").write_text(ASGI)
-
-
-def taskset(core: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
-        return ["taskset", "-c", str(core)]
-    return []
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (gunicorn's workers are children)."""
-    found = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
-    for child in children:
-        found += process_tree(int(child))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of ``pids`` and their trees (0 where /proc is missing)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in {p for root in pids for p in process_tree(root)}:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-@contextlib.contextmanager
-def private_redis(log: Any) -> Iterator[tuple[str, int]]:
-    """A ``redis-server`` of our own on a free port, pinned to CPU 0; yields
-    ``("127.0.0.1:PORT", pid)``."""
-    port = free_port()
-    process = subprocess.Popen(
-        [*taskset(0), "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=log,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the private redis-server did not start") from None
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}", process.pid
-    finally:
-        stop([process])
 
 
 def wait_for(port: int, processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
@@ -326,8 +267,8 @@ def main() -> None:
             extra: list[int] = []
             address = args.redis
             if name == "csp-bus-redis" and not address:
-                address, redis_pid = stack.enter_context(private_redis(log))
-                extra = [redis_pid]
+                redis_port, redis_pid = stack.enter_context(private_redis(0))
+                address, extra = f"127.0.0.1:{redis_port}", [redis_pid]
             redis_url = f"redis://{address}/0?prefix=benchdj{os.getpid()}"
             commands = systems(peer, port, redis_url, args.threads)[name]
             processes = stack.enter_context(running(commands, env, root, log))
@@ -339,9 +280,9 @@ def main() -> None:
                 continue
             pids = [process.pid for process in processes] + extra
             wrk(port, 3, args.connections)  # warm-up
-            before = cpu_seconds(pids)
+            before = cpu_seconds([p for root in pids for p in process_tree(root)])
             results[name] = [wrk(port, seconds, args.connections) for _ in range(runs)]
-            used = cpu_seconds(pids) - before
+            used = cpu_seconds([p for root in pids for p in process_tree(root)]) - before
         rates = [r for r, _, _ in results[name]]
         p99s = [p for _, p, _ in results[name]]
         errors = sum(e for _, _, e in results[name])

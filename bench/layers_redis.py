@@ -43,12 +43,9 @@ import argparse
 import json
 import os
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +55,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import free_port, peer_python
+from _peers import peer_python, private_redis
 
 from csp_bus import open_layer
 from csp_bus.server.dispatcher import ReplyChannel, ReplyDispatcher
@@ -68,39 +65,6 @@ MESSAGE = {"type": "bench.message", "text": "hello", "n": 1}
 RUNS = 3
 PEER_REQUIREMENTS = ["channels==4.3.2", "channels_redis==4.3.0"]
 SERVER_CORE = 0
-
-
-def _taskset(core: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
-        return ["taskset", "-c", str(core)]
-    return []
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], int, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench_redis needs redis-server on PATH")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="csp-bus-bench-redis-")
-    process = subprocess.Popen(
-        [*_taskset(SERVER_CORE), binary, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("the benchmark's redis-server did not start")
-        time.sleep(0.05)
-    return process, port, workdir
 
 
 def redis_benchmark(port: int) -> float:
@@ -296,7 +260,12 @@ def _cell(values: list[float], unit: str = "", digits: int = 0) -> str:
 
 
 def bench_redis(runs: int = RUNS, group_only: bool = False) -> None:
-    process, port, workdir = start_server()
+    with private_redis(SERVER_CORE) as (port, _):
+        figures = _measure(port, runs, group_only)
+    report(figures, runs, group_only)
+
+
+def _measure(port: int, runs: int, group_only: bool) -> dict[str, list[float]]:
     # generous timeouts: on a shared, overloaded VM a pinned server can stall for seconds
     base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000&timeout=30&connect_timeout=10"
     group_url = base + "&channel_capacity=bench.g.*:20000"
@@ -316,36 +285,31 @@ def bench_redis(runs: int = RUNS, group_only: bool = False) -> None:
                 print(f"   {name}: {exc!r}; retrying", file=sys.stderr, flush=True)
         raise AssertionError("unreachable")
 
-    try:
-        for run in range(runs):
-            print(f"   run {run + 1}/{runs} ...", file=sys.stderr, flush=True)
+    for run in range(runs):
+        print(f"   run {run + 1}/{runs} ...", file=sys.stderr, flush=True)
+        if not group_only:
+            add("ceiling", redis_benchmark(port))
+            add("csp.sequential", measure("sequential", trio.run, csp_sequential, base, 3000))
+            for count, per_pair in ((10, 1000), (50, 400)):
+                for kind in ("reply", "plain", "server"):
+                    name = f"csp.pairs{count}.{kind}"
+                    add(name, measure(name, trio.run, csp_pairs, base, count, per_pair, kind))
+        for members in (1000, 10_000):
+            result = measure("group", trio.run, csp_group, group_url, members)
+            add(f"csp.group{members}", result["group_ms"])
+            add(f"csp.group_tasks{members}", result["group_tasks_ms"])
+            add(f"csp.group_waiters{members}", result["group_waiters_ms"])
+            add(f"csp.group_one{members}", result["group_one_task_ms"])
+            add(f"csp.group_add{members}", result["group_add_s"] * 1000)
+        for kind in ("core", "pubsub"):
+            peer = measure(kind, peer_figures, port, kind, group_only)
+            keys = ["group_ms", "group_one_task_ms"]
             if not group_only:
-                add("ceiling", redis_benchmark(port))
-                add("csp.sequential", measure("sequential", trio.run, csp_sequential, base, 3000))
-                for count, per_pair in ((10, 1000), (50, 400)):
-                    for kind in ("reply", "plain", "server"):
-                        name = f"csp.pairs{count}.{kind}"
-                        add(name, measure(name, trio.run, csp_pairs, base, count, per_pair, kind))
-            for members in (1000, 10_000):
-                result = measure("group", trio.run, csp_group, group_url, members)
-                add(f"csp.group{members}", result["group_ms"])
-                add(f"csp.group_tasks{members}", result["group_tasks_ms"])
-                add(f"csp.group_waiters{members}", result["group_waiters_ms"])
-                add(f"csp.group_one{members}", result["group_one_task_ms"])
-                add(f"csp.group_add{members}", result["group_add_s"] * 1000)
-            for kind in ("core", "pubsub"):
-                peer = measure(kind, peer_figures, port, kind, group_only)
-                keys = ["group_ms", "group_one_task_ms"]
-                if not group_only:
-                    keys += ["sequential", "pairs10", "pairs50"]
-                for key in keys:
-                    add(f"{kind}.{key}", peer[key])
-                add(f"{kind}.group_add", peer["group_add_s"] * 1000)
-    finally:
-        process.kill()
-        process.wait(60)
-        shutil.rmtree(workdir, ignore_errors=True)
-    report(figures, runs, group_only)
+                keys += ["sequential", "pairs10", "pairs50"]
+            for key in keys:
+                add(f"{kind}.{key}", peer[key])
+            add(f"{kind}.group_add", peer["group_add_s"] * 1000)
+    return figures
 
 
 def report(figures: dict[str, list[float]], runs: int, group_only: bool = False) -> None:

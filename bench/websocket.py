@@ -58,7 +58,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _peers import free_port, peer_python, wait_port  # noqa: E402
+from _peers import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    peer_python,
+    private_redis,
+    wait_port,
+)
+from _peers import process_tree as tree  # noqa: E402
 
 PEER_DIR = HERE / "peers"
 CLIENT = PEER_DIR / "ws_client.py"
@@ -89,25 +96,6 @@ def taskset(core: str, command: list[str]) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", core, *command]
     return command
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (taskset execs, so the server is ``pid`` itself)."""
-    found = [pid]
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for kid in (task / "children").read_text().split():
-                found.extend(tree(int(kid)))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -398,35 +386,6 @@ def part_idle(args: argparse.Namespace, python: Path) -> dict[str, list[dict[str
     return results
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[tuple[int, list[int]]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("the fan-out part needs redis-server (apt-get install redis-server)")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="csp-bus-bench-redis-")
-    redis = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    redis += ["--appendonly", "no", "--dir", workdir]
-    process = subprocess.Popen(
-        taskset(SERVER_CORE, redis),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield port, tree(process.pid)
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def flushall(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
         sock.sendall(b"FLUSHALL\r\n")
@@ -436,7 +395,8 @@ def flushall(port: int) -> None:
 
 def part_fanout(args: argparse.Namespace, python: Path) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {}
-    with redis_server() as (port, redis_pids):
+    with private_redis(int(SERVER_CORE)) as (port, redis_pid):
+        redis_pids = tree(redis_pid)
         layer = f"redis://127.0.0.1:{port}/0"
         if args.fanout_capacity:
             layer += f"?channel_capacity=websocket.send*:{args.fanout_capacity}"
