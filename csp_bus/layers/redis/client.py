@@ -298,17 +298,38 @@ async def _force_close(stream: trio.abc.Stream | None) -> None:
 # ------------------------------------------------------------------------ multiplexer
 
 
-class _Waiter:
-    __slots__ = ("command", "count", "many", "parked", "replies", "result", "task")
+class _Waiter(outcome.Outcome[Any]):
+    """A caller waiting for its replies, and the outcome its task is resumed with: no
+    ``outcome.Value`` is allocated per reply (``wait_task_rescheduled`` only unwraps)."""
 
-    def __init__(self, task: trio.lowlevel.Task, count: int, command: str, many: bool) -> None:
+    __slots__ = ("count", "error", "name", "parked", "replies", "task", "value")
+    value: Any
+    error: BaseException | None
+
+    def __init__(self, task: trio.lowlevel.Task, count: int, name: Any) -> None:
         self.task = task
+        #: replies still expected; 0 = a single command (its reply is the value)
         self.count = count
-        self.many = many
-        self.command = command
-        self.replies: list[Any] = []
-        self.result: outcome.Outcome[Any] | None = None
-        self.parked = False
+        self.name = name  # the command's name, for error messages (str or bytes)
+        self.replies: list[Any] | None = [] if count else None
+        self.error = None
+        #: False while the caller itself writes (the reply may come before it waits)
+        self.parked = True
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def send(self, gen: Any) -> Any:  # pragma: no cover - trio only unwraps
+        if self.error is not None:
+            return gen.throw(self.error)
+        return gen.send(self.value)
+
+    async def asend(self, agen: Any) -> Any:  # pragma: no cover - trio only unwraps
+        if self.error is not None:
+            return await agen.athrow(self.error)
+        return await agen.asend(self.value)
 
 
 def _abort_failed(_: Any) -> trio.lowlevel.Abort:
@@ -323,7 +344,8 @@ class Multiplexer:
         self.connection = connection
         self._buffer = bytearray()
         self._pending: deque[_Waiter] = deque()
-        self._writer = trio.lowlevel.ParkingLot()
+        #: the writer task while it waits for commands (woken by the first one queued)
+        self._writer: trio.lowlevel.Task | None = None
         self._writing = False
         self._error: LayerError | None = None
         self._read_scope: trio.CancelScope | None = None
@@ -342,13 +364,24 @@ class Multiplexer:
                 nursery.start_soon(self._write_loop)
                 await self._read_loop()
 
+    def _abort_writer(self, _: Any) -> trio.lowlevel.Abort:
+        self._writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
     async def _write_loop(self) -> None:
         # The writer runs in the scheduling batch after the commands were queued, so all
         # the commands that the tasks of one batch issued leave in one write.
         try:
             while True:
                 while not self._buffer or self._writing:
-                    await self._writer.park()
+                    self._writer = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_writer)
                 data, self._buffer = self._buffer, bytearray()
                 self._writing = True
                 try:
@@ -361,24 +394,35 @@ class Multiplexer:
     async def _read_loop(self) -> None:
         connection = self.connection
         timeout = connection.options.timeout
+        next_reply = connection.next_reply
+        pending = self._pending
+        reschedule = trio.lowlevel.reschedule
+        reply_error = hiredis.ReplyError
         try:
             while True:
-                reply = connection.next_reply()
+                reply = next_reply()
                 if reply is not _NEED_DATA:
                     self._progress = trio.current_time()
                     while reply is not _NEED_DATA:
-                        self._deliver(reply)
-                        reply = connection.next_reply()
+                        # inline: the common case, one command per waiter, no error
+                        waiter = pending[0]
+                        if waiter.count or not waiter.parked or type(reply) is reply_error:
+                            self._deliver(waiter, reply)
+                        else:
+                            pending.popleft()
+                            waiter.value = reply
+                            reschedule(waiter.task, waiter)
+                        reply = next_reply()
                 # The read deadline is "timeout after the last progress" while commands
                 # wait; it is moved only when it fires, not on every reply (cheaper).
-                deadline = self._progress + timeout if self._pending else float("inf")
+                deadline = self._progress + timeout if pending else float("inf")
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._read_scope = scope
                     await connection.receive_some()
                 self._read_scope = None
                 if (
                     scope.cancelled_caught
-                    and self._pending
+                    and pending
                     and trio.current_time() >= self._progress + timeout
                 ):
                     raise LayerTimeout(
@@ -392,21 +436,22 @@ class Multiplexer:
                 self._break(LayerUnavailable(f"the connection to {connection.endpoint} closed"))
             await connection.aclose()
 
-    def _deliver(self, reply: Any) -> None:
-        waiter = self._pending[0]
-        waiter.replies.append(reply)
-        if len(waiter.replies) < waiter.count:
-            return
-        self._pending.popleft()
-        if not waiter.many:
-            if isinstance(reply, hiredis.ReplyError):
-                waiter.result = outcome.Error(_reply_error(reply, waiter.command))
-            else:
-                waiter.result = outcome.Value(reply)
+    def _deliver(self, waiter: _Waiter, reply: Any) -> None:
+        replies = waiter.replies
+        if replies is not None:  # a pipeline: error replies are returned, not raised
+            replies.append(reply)
+            if len(replies) < waiter.count:
+                return
+            waiter.value = replies
+        elif isinstance(reply, hiredis.ReplyError):
+            waiter.error = _reply_error(reply, _command_name((waiter.name,)))
         else:
-            waiter.result = outcome.Value(waiter.replies)
+            waiter.value = reply
+        self._pending.popleft()
         if waiter.parked:
-            trio.lowlevel.reschedule(waiter.task, waiter.result)
+            trio.lowlevel.reschedule(waiter.task, waiter)
+        else:
+            waiter.parked = True  # done: the caller finds it so after its write
 
     def _break(self, error: LayerError) -> None:
         if self._error is None:
@@ -414,29 +459,37 @@ class Multiplexer:
         self.connection.broken = True
         pending, self._pending = self._pending, deque()
         for waiter in pending:
-            waiter.result = outcome.Error(error)
+            waiter.error = error
             if waiter.parked:
-                trio.lowlevel.reschedule(waiter.task, waiter.result)
+                trio.lowlevel.reschedule(waiter.task, waiter)
+            else:
+                waiter.parked = True
         self._run_scope.cancel()
 
     def close(self) -> None:
         self._break(LayerUnavailable("the Redis connection was closed by the layer"))
 
-    async def _submit(self, data: bytes, count: int, command: str, many: bool = False) -> Any:
+    async def submit(self, data: bytes, name: Any, count: int = 0) -> Any:
+        """Send ``data``, one packed command named ``name`` (or, with ``count``, that
+        many commands: their replies come back as a list, error replies included)."""
         if self._error is not None:
             raise self._error
-        waiter = _Waiter(trio.lowlevel.current_task(), count, command, many)
-        if not self._pending:
+        waiter = _Waiter(trio.lowlevel.current_task(), count, name)
+        pending = self._pending
+        if not pending:
             self._progress = trio.current_time()
             if self._read_scope is not None:
                 self._read_scope.deadline = self._progress + self.connection.options.timeout
-        self._pending.append(waiter)
+        pending.append(waiter)
         if self._writing or self._buffer:
-            self._buffer += data  # the writer task sends it with the others of this batch
-            self._writer.unpark()
+            # the writer task sends it with the others of this batch (woken by the first)
+            if not self._buffer:
+                self._wake_writer()
+            self._buffer += data
         else:
             # An idle connection: write at once, saving the writer's scheduling hop (the
             # latency of a lone caller); tasks arriving meanwhile queue for the writer.
+            waiter.parked = False
             self._writing = True
             try:
                 await self.connection.write(data, 0)
@@ -445,20 +498,20 @@ class Multiplexer:
             finally:
                 self._writing = False
             if self._buffer:
-                self._writer.unpark()
-        waiter.parked = True
-        if waiter.result is not None:
-            return waiter.result.unwrap()
+                self._wake_writer()
+            if waiter.parked:  # answered (or failed) while this task was writing
+                return waiter.unwrap()
+            waiter.parked = True
         return await trio.lowlevel.wait_task_rescheduled(_abort_failed)
 
     async def execute(self, *args: Any) -> Any:
         """Run one command; an error reply raises :class:`RedisReplyError`."""
-        return await self._submit(hiredis.pack_command(args), 1, _command_name(args))
+        return await self.submit(hiredis.pack_command(args), args[0] if args else "")
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Run several commands back to back (one write); error replies are returned."""
         data = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
-        return await self._submit(data, len(commands), "pipeline", True)  # type: ignore[no-any-return]
+        return await self.submit(data, "pipeline", len(commands))  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------ resolvers
@@ -616,9 +669,15 @@ class RedisNode:
     # -- commands -------------------------------------------------------------------------
 
     async def execute(self, *args: Any) -> Any:
-        mux = await self.multiplexer()
+        return await self.submit(hiredis.pack_command(args), args[0])
+
+    async def submit(self, data: bytes, name: Any) -> Any:
+        """Run one command already packed (``hiredis.pack_command``), named ``name``."""
+        mux = self._mux
+        if mux is None or mux.broken:
+            mux = await self.multiplexer()
         try:
-            return await mux.execute(*args)
+            return await mux.submit(data, name)
         except LayerUnavailable:
             if not mux.broken:  # READONLY & co. on a live connection: re-resolve
                 self.reset()
