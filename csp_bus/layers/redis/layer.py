@@ -87,6 +87,9 @@ _Item = tuple[int, str, bytes]
 # envelope names every member on the prefix; pop() takes the next), payload]. A buffer
 # counts envelopes, as the Redis list does: one send_group is one queued item.
 _Entry = list[Any]
+# What send() needs for a channel: (queue key, packed EVALSHA head up to the Redis key,
+# channel name, envelope length less the payload, capacity, packed capacity argument).
+_Target = tuple[str, bytes, bytes, int, int, bytes]
 # (process-local prefixes, normal channel names)
 _Selector = tuple[tuple[str, ...], tuple[str, ...]]
 # Value types that make a message "flat": a shallow copy of it is a fresh message.
@@ -202,6 +205,8 @@ class RedisLayer(ChannelLayer):
         self._dead: set[str] = set()
         self._expiry_ms = int(self.options.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
+        ttl = b"%d" % self._ttl_ms
+        self._ttl_arg = b"$%d\r\n%b\r\n" % (len(ttl), ttl)
         self._group_expiry_ms = int(self.options.group_expiry * 1000)
         self._cap_args = capacity_args(self.options.capacity, self.options.channel_capacity)
         if config.scheme == "redis+sentinel":
@@ -211,6 +216,8 @@ class RedisLayer(ChannelLayer):
         self._nodes: list[RedisNode] = []
         self._node_of: dict[str, RedisNode] = {}
         self._capacities: dict[str, int] = {}
+        #: channel -> what send() needs for it (see _target)
+        self._targets: dict[str, _Target] = {}
         self._selectors: dict[tuple[str, ...], _Selector] = {}
         self._local: dict[str, _LocalQueue] = {}
         self._readers: dict[RedisNode, _Reader] = {}
@@ -444,17 +451,51 @@ class RedisLayer(ChannelLayer):
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, channel: str, message: Message) -> None:
+    def _target(self, channel: str) -> _Target:
+        """What :meth:`send` needs for ``channel``, validated and packed once."""
         key = validate_send_name(channel)
-        payload = encode(message, self.options.max_message_size)
-        await self._enter()
-        now = _now_ms()
-        envelope = b"%013d%b\n%b" % (now + self._expiry_ms, channel.encode(), payload)
         capacity = self._capacity(key)
+        name = channel.encode()
+        count = b"%d" % capacity
+        target = (
+            key,
+            SEND.head((self._qprefix + key,), 4),
+            name,
+            14 + len(name),  # the envelope's length without the payload
+            capacity,
+            b"$%d\r\n%b\r\n" % (len(count), count),
+        )
+        if len(self._targets) >= 4096:
+            self._targets.clear()
+        self._targets[channel] = target
+        return target
+
+    async def send(self, channel: str, message: Message) -> None:
+        target = self._targets.get(channel)
+        if target is None:
+            target = self._target(channel)
+        key, head, name, size, capacity, count = target
+        payload = encode(message, self.options.max_message_size)
+        if self._closed or not self._opened:
+            await self._enter()  # raises
+        await trio.lowlevel.checkpoint_if_cancelled()
+        now = _now_ms()
+        stamp = b"%d" % now
+        # EVALSHA <send> 1 <queue key> <envelope> <capacity> <now> <ttl>, packed by hand
+        # (the hot path: 3x cheaper than hiredis.pack_command's conversions)
+        command = b"%b$%d\r\n%013d%b\n%b\r\n%b$%d\r\n%b\r\n%b" % (
+            head,
+            size + len(payload),
+            now + self._expiry_ms,
+            name,
+            payload,
+            count,
+            len(stamp),
+            stamp,
+            self._ttl_arg,
+        )
         try:
-            done = await SEND(
-                self._node(key), (self._qprefix + key,), (envelope, capacity, now, self._ttl_ms)
-            )
+            done = await SEND.run_packed(self._node(key), command)
         except LayerError as exc:
             if self._closed:
                 raise self._closed_error(exc) from exc

@@ -14,6 +14,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hiredis
+
 from .client import RedisNode, RedisReplyError
 
 __all__ = [
@@ -47,6 +49,23 @@ class Script:
                 raise
         await node.execute("SCRIPT", "LOAD", self.source)
         return await node.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def head(self, keys: Sequence[Any], nargs: int) -> bytes:
+        """The start of this script's ``EVALSHA`` command on ``keys``, for a hot caller
+        that appends its ``nargs`` arguments itself, each a RESP bulk string
+        (``$<length>\\r\\n<bytes>\\r\\n``), and runs it with :meth:`run_packed`."""
+        packed = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys))
+        return b"*%d\r\n%b" % (3 + len(keys) + nargs, packed.split(b"\r\n", 1)[1])
+
+    async def run_packed(self, node: RedisNode, command: bytes) -> Any:
+        """Run a whole ``EVALSHA`` command of this script built on :meth:`head`."""
+        try:
+            return await node.submit(command, "EVALSHA")
+        except RedisReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        await node.execute("SCRIPT", "LOAD", self.source)
+        return await node.submit(command, "EVALSHA")
 
 
 SEND = Script(
