@@ -337,6 +337,19 @@ class MemoryLayer(ChannelLayer):
             found = await self._wait(keys, keyset)
         return found[0], decode_trusted(found[1])
 
+    async def receive_many(self, *channels: str, limit: int = 64) -> list[tuple[str, Message]]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        keys, keyset = self._selector(channels)
+        await self._checkpoint()
+        found = self._take(keys, keyset)
+        if found is None:
+            found = await self._wait(keys, keyset)
+        batch = [(found[0], decode_trusted(found[1]))]
+        while len(batch) < limit and (found := self._take(keys, keyset)) is not None:
+            batch.append((found[0], decode_trusted(found[1])))
+        return batch
+
     async def _wait(self, keys: tuple[str, ...], keyset: frozenset[str]) -> tuple[str, bytes]:
         """Sleep until a sender hands this task a message (see ``_deliver``)."""
         waiter = _Waiter(trio.lowlevel.current_task(), keys, keyset)

@@ -33,6 +33,10 @@ __all__ = ["ReplyChannel", "ReplyDispatcher", "ReplyOverrun"]
 
 logger = logging.getLogger("csp_bus.server")
 
+#: most messages one ``receive_many`` call of the loop takes (a send_group to a whole
+#: process arrives in one piece: handed over without a trip through the scheduler each)
+BATCH = 256
+
 
 class ReplyOverrun(BusError):
     """The connection did not take its replies fast enough and was cut off."""
@@ -161,35 +165,59 @@ class ReplyDispatcher:
         """
         task_status.started()
         channels = self._channels
+        receive_many = self.layer.receive_many
+        prefix = self.prefix
         backoff = 0.0
         while True:
             try:
-                name, message = await self.layer.receive(self.prefix)
+                batch = await receive_many(prefix, limit=BATCH)
             except LayerClosed:
                 return
             except LayerError as exc:
                 backoff = min(5.0, backoff * 2 or 0.05)
-                logger.warning(
-                    "reply dispatcher %s: %s; retrying in %.2fs", self.prefix, exc, backoff
-                )
+                logger.warning("reply dispatcher %s: %s; retrying in %.2fs", prefix, exc, backoff)
                 await trio.sleep(backoff)
                 continue
             backoff = 0.0
-            channel = channels.get(name)
-            if channel is None:
-                self.dropped += 1
-                continue
+            # No await per message: the whole batch is handed over in this task unless a
+            # connection's buffer is full (then _hand_over waits for it).
+            messages = iter(batch)
+            delivered = 0
             try:
-                channel._sender.send_nowait(message)
-                self.delivered += 1
-            except trio.WouldBlock:
-                if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
-                    self._cut_off(channel)
-                else:
-                    await self._hand_over(channel, message)
-                continue
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.dropped += 1
-                continue
-            if channel.wakeup is not None:
-                channel.wakeup()
+                for name, message in messages:
+                    channel = channels.get(name)
+                    if channel is None:
+                        self.dropped += 1
+                        continue
+                    try:
+                        channel._sender.send_nowait(message)
+                    except trio.WouldBlock:
+                        if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
+                            self._cut_off(channel)
+                        else:
+                            await self._hand_over(channel, message)
+                        continue
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.dropped += 1
+                        continue
+                    delivered += 1
+                    if channel.wakeup is not None:
+                        channel.wakeup()
+            except BaseException:
+                # Cancelled while waiting for a slow connection: what is left of the
+                # batch goes to the connections with room (nothing else can take it).
+                for name, message in messages:
+                    channel = channels.get(name)
+                    try:
+                        if channel is None:
+                            raise trio.WouldBlock
+                        channel._sender.send_nowait(message)
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.dropped += 1
+                        continue
+                    delivered += 1
+                    if channel.wakeup is not None:
+                        channel.wakeup()
+                raise
+            finally:
+                self.delivered += delivered

@@ -169,6 +169,26 @@ async def test_buffered_fan_out_receive_honours_cancel_close_and_copies(redis_ur
         await layer.receive("fast!")
 
 
+async def test_receive_many_takes_a_send_group_envelope_in_one_call(redis_url: str) -> None:
+    # The envelope naming every member on a prefix is popped once; receive_many hands
+    # all of its members out from the local buffer, no round trip per message.
+    async with open_layer(redis_url) as layer:
+        await layer.flush()
+        for n in range(300):
+            await layer.group_add("room", f"srv!c{n}")
+        await layer.send_group("room", {"n": 1})
+        with trio.fail_after(5):
+            batch = await layer.receive_many("srv!", limit=1000)
+        assert sorted(batch) == sorted((f"srv!c{n}", {"n": 1}) for n in range(300))
+        await layer.send_group("room", {"n": 2})
+        with trio.fail_after(5):
+            batch = await layer.receive_many("srv!", limit=200)  # the rest stays buffered
+            assert len(batch) == 200
+            batch += await layer.receive_many("srv!", limit=200)
+        assert sorted(batch) == sorted((f"srv!c{n}", {"n": 2}) for n in range(300))
+        assert await layer.receive_nowait("srv!") is None
+
+
 async def test_full_member_is_skipped_and_counted(
     redis_url: str, redis_server: tuple[str, int]
 ) -> None:

@@ -160,6 +160,70 @@ async def test_wakeup_is_called_for_each_reply_and_on_overrun() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+async def test_dispatcher_hands_a_send_group_to_every_connection(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    # One send_group to a whole process arrives in batches (receive_many); a connection
+    # that is full and cut off in the middle of one does not stop the others.
+    if url == "redis":
+        url = request.getfixturevalue("redis_url")
+    async with open_layer(url) as layer, trio.open_nursery() as nursery:
+        await layer.flush()
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=1, overrun_timeout=0)
+        await nursery.start(dispatcher.run)
+        replies = [dispatcher.open_channel() for _ in range(600)]
+        full = replies[300]
+        for reply in replies:
+            await layer.group_add("room", reply.name)
+        buffered = trio.Event()
+        full.wakeup = buffered.set
+        await layer.send(full.name, {"n": 0})  # fills its buffer (of one)
+        with trio.fail_after(5):
+            await buffered.wait()
+        calls = 0
+        done = trio.Event()
+
+        def wakeup() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == len(replies):  # 599 replies and one cut-off
+                done.set()
+
+        for reply in replies:
+            reply.wakeup = wakeup
+        await layer.send_group("room", {"n": 1})
+        with trio.fail_after(5):
+            await done.wait()
+        assert dispatcher.delivered == 600
+        assert dispatcher.overruns == 1 and full.overrun
+        for reply in replies:
+            if reply is not full:
+                assert reply.receive_nowait() == {"n": 1}
+        assert full.receive_nowait() == {"n": 0}
+        with pytest.raises(ReplyOverrun):
+            full.receive_nowait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dispatcher_cancelled_mid_batch_hands_over_the_rest() -> None:
+    async with open_layer("memory://") as layer:
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=1, overrun_timeout=60)
+        slow, a, b = (dispatcher.open_channel() for _ in range(3))
+        for reply in (slow, a, b):
+            await layer.group_add("room", reply.name)
+        await layer.send(slow.name, {"n": 0})
+        await layer.send_group("room", {"n": 1})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)
+            await trio.testing.wait_all_tasks_blocked()  # waiting for room on slow
+            assert a.receive_nowait() is None and b.receive_nowait() is None
+            nursery.cancel_scope.cancel()
+        assert a.receive_nowait() == {"n": 1} and b.receive_nowait() == {"n": 1}
+        assert slow.receive_nowait() == {"n": 0} and slow.receive_nowait() is None
+        assert dispatcher.delivered == 3
+
+
 def test_adapters_are_found_by_entry_point() -> None:
     assert available_adapters()["http"] == "csp_bus.adapters.http"
     http = load_adapter("http")

@@ -634,6 +634,65 @@ class RedisLayer(ChannelLayer):
             if found is not None:
                 return found
 
+    async def receive_many(self, *channels: str, limit: int = 64) -> list[tuple[str, Message]]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        batch = [await self.receive(*channels)]
+        # Then, synchronously (nothing can cancel what was taken), what this process
+        # already holds for the prefixes among ``channels``: no round trip.
+        if len(batch) < limit:
+            local = self._local
+            if len(channels) == 1:
+                queue = local.get(channels[0])
+                if queue is not None and queue.buffer:
+                    self._drain(queue, batch, limit)
+            else:
+                local_keys = self._selector(channels)[0]
+                queues = tuple(local[key] for key in local_keys if key in local)
+                while len(batch) < limit and (item := self._take_local(queues)) is not None:
+                    if (found := self._decoded(item)) is not None:
+                        batch.append(found)
+        return batch
+
+    def _drain(self, queue: _LocalQueue, batch: list[tuple[str, Message]], limit: int) -> None:
+        """Move ``queue``'s buffered messages into ``batch`` until it holds ``limit``:
+        a send_group envelope's members in one go, its payload decoded once."""
+        buffer = queue.buffer
+        now = _now_ms()
+        taken = len(batch)
+        while buffer and len(batch) < limit:
+            entry = buffer[0]
+            deadline, members, payload = entry
+            if deadline <= now:
+                self._entry_taken(entry, now)  # counts it expired, marks dead readers
+                buffer.popleft()
+                continue
+            room = limit - len(batch)
+            if len(members) > 1:
+                self._shared(payload)
+            if len(members) <= room:
+                take = members[::-1]
+                buffer.popleft()
+            else:
+                take = members[-room:]
+                del members[-room:]
+                take.reverse()
+            found = self._decoded((deadline, take[0], payload))
+            if found is not None:
+                batch.append(found)
+            shared = self._fanout_message
+            if shared is not None and payload is self._fanout_payload:
+                batch += [(channel, dict(shared)) for channel in take[1:]]
+                self._received += len(take) - 1
+            else:
+                for channel in take[1:]:
+                    if (found := self._decoded((deadline, channel, payload))) is not None:
+                        batch.append(found)
+        if len(batch) > taken:
+            self._rotation += 1
+            queue.served = self._rotation
+            queue.touched = trio.current_time()
+
     async def _receive(
         self, queues: tuple[_LocalQueue, ...], normal_keys: tuple[str, ...]
     ) -> _Item:
