@@ -54,6 +54,7 @@ from .client import (
     SentinelResolver,
     StaticResolver,
     _reply_error,
+    bulk,
 )
 from .config import URL_PARAMETERS, RedisConfig, parse_url, rendezvous
 from .scripts import (
@@ -80,6 +81,7 @@ LOOP_BLOCK = 1.0
 LINGER = 1.0
 #: largest batch a process-local loop pops at once
 BATCH = 1024
+_PACKED_BATCH = bulk(b"%d" % BATCH)
 
 # A message taken for one receiver: (deadline ms, full channel name, msgpack payload).
 _Item = tuple[int, str, bytes]
@@ -131,6 +133,7 @@ class _LocalQueue:
         "buffer",
         "capacity",
         "key",
+        "packed_key",
         "reader",
         "redis_key",
         "served",
@@ -141,6 +144,8 @@ class _LocalQueue:
     def __init__(self, key: str, redis_key: str, capacity: int, reader: _Reader) -> None:
         self.key = key
         self.redis_key = redis_key
+        #: the key as a RESP bulk string, for the pop_all command
+        self.packed_key = bulk(redis_key.encode())
         self.capacity = capacity
         self.reader = reader
         self.buffer: deque[_Entry] = deque()
@@ -622,7 +627,10 @@ class RedisLayer(ChannelLayer):
         await self._enter()
         while True:
             try:
-                item = await self._receive(queues, normal_keys)
+                if queue is not None and not queue.buffer:  # what _receive would do
+                    item = await self._wait_local(queues)
+                else:
+                    item = await self._receive(queues, normal_keys)
             except LayerError as exc:
                 if self._closed and not isinstance(exc, LayerClosed):
                     raise self._closed_error(exc) from exc
@@ -798,11 +806,11 @@ class RedisLayer(ChannelLayer):
         for queue in waiter.queues:
             queue.waiters.pop(waiter, None)
 
-    def _dispatch(self, queue: _LocalQueue) -> None:
-        """Hand buffered items to waiters, oldest waiter first."""
+    def _dispatch(self, queue: _LocalQueue, now: int = 0) -> None:
+        """Hand buffered items to waiters, oldest waiter first (``now``: _now_ms())."""
         if not queue.waiters:
             return
-        now = _now_ms()
+        now = now or _now_ms()
         buffer = queue.buffer
         waiters = queue.waiters
         reschedule = trio.lowlevel.reschedule
@@ -880,26 +888,37 @@ class RedisLayer(ChannelLayer):
     def _room(self, queue: _LocalQueue) -> int:
         return max(1, min(BATCH, queue.capacity - len(queue.buffer)))
 
-    def _buffer_popped(self, queue: _LocalQueue, envelopes: list[bytes]) -> None:
-        queue.touched = trio.current_time()
-        now = _now_ms()
+    def _buffer_popped(
+        self, queue: _LocalQueue, envelopes: list[bytes], now: int, clock: float
+    ) -> None:
+        """Buffer what was popped for ``queue`` at ``now`` (ms; ``clock``: Trio's time)
+        and hand it to its waiters."""
+        queue.touched = clock
+        append = queue.buffer.append
         for envelope in envelopes:
             entry = self._open_envelope(envelope, now)
             if entry is not None:
-                queue.buffer.append(entry)
-        self._dispatch(queue)
+                append(entry)
+        self._dispatch(queue, now)
 
     async def _pop_all(self, node: RedisNode, active: list[_LocalQueue]) -> bool:
         """Take what is ready on every active prefix at once; False when nothing was."""
-        reply = await POP_ALL(
-            node,
-            [queue.redis_key for queue in active],
-            [self._room(queue) for queue in active],
-        )
+        keys = [queue.packed_key for queue in active]
+        rooms = [
+            _PACKED_BATCH
+            if queue.capacity - len(queue.buffer) >= BATCH
+            else bulk(b"%d" % self._room(queue))
+            for queue in active
+        ]
+        reply = await POP_ALL.run_packed(node, POP_ALL.pack(keys, rooms))
+        if not reply:
+            return False
         by_key = {queue.redis_key.encode(): queue for queue in active}
+        now = _now_ms()
+        clock = trio.current_time()
         for index in range(0, len(reply), 2):
-            self._buffer_popped(by_key[reply[index]], reply[index + 1])
-        return bool(reply)
+            self._buffer_popped(by_key[reply[index]], reply[index + 1], now, clock)
+        return True
 
     async def _block_pop(self, reader: _Reader, active: list[_LocalQueue]) -> None:
         self._rotation += 1
@@ -926,7 +945,7 @@ class RedisLayer(ChannelLayer):
             key = popped[0].decode()
             for queue in active:
                 if queue.redis_key == key:
-                    self._buffer_popped(queue, popped[1])
+                    self._buffer_popped(queue, popped[1], _now_ms(), trio.current_time())
                     break
 
     async def _push_back(self, node: RedisNode, queue: _LocalQueue) -> None:

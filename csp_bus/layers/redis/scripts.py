@@ -57,6 +57,19 @@ class Script:
         packed = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys))
         return b"*%d\r\n%b" % (3 + len(keys) + nargs, packed.split(b"\r\n", 1)[1])
 
+    def pack(self, keys: Sequence[bytes], args: Sequence[bytes]) -> bytes:
+        """This script's whole ``EVALSHA`` command; ``keys`` and ``args`` are packed
+        already, each a RESP bulk string (:func:`~.client.bulk`)."""
+        count = b"%d" % len(keys)
+        return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%b\r\n%b%b" % (
+            3 + len(keys) + len(args),
+            self.sha.encode(),
+            len(count),
+            count,
+            b"".join(keys),
+            b"".join(args),
+        )
+
     async def run_packed(self, node: RedisNode, command: bytes) -> Any:
         """Run a whole ``EVALSHA`` command of this script built on :meth:`head`."""
         try:
