@@ -86,6 +86,11 @@ def _reply_error(error: hiredis.ReplyError, command: str = "") -> LayerError:
     return RedisReplyError(text, command=command)
 
 
+def bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string, for callers that pack a hot command by hand."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
 def _command_name(args: Sequence[Any]) -> str:
     name = args[0] if args else ""
     return name.decode() if isinstance(name, bytes) else str(name)
@@ -347,6 +352,9 @@ class Multiplexer:
         #: the writer task while it waits for commands (woken by the first one queued)
         self._writer: trio.lowlevel.Task | None = None
         self._writing = False
+        #: set when one read woke several callers: their commands (coming in the next
+        #: scheduling batch) all go to the writer, none written alone by its caller
+        self._gather = False
         self._error: LayerError | None = None
         self._read_scope: trio.CancelScope | None = None
         self._progress = 0.0  # when the last reply arrived (or the first command left)
@@ -383,6 +391,7 @@ class Multiplexer:
                     self._writer = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(self._abort_writer)
                 data, self._buffer = self._buffer, bytearray()
+                self._gather = False
                 self._writing = True
                 try:
                     await self.connection.write(data, 0)
@@ -403,6 +412,7 @@ class Multiplexer:
                 reply = next_reply()
                 if reply is not _NEED_DATA:
                     self._progress = trio.current_time()
+                    before = len(pending)
                     while reply is not _NEED_DATA:
                         # inline: the common case, one command per waiter, no error
                         waiter = pending[0]
@@ -413,6 +423,8 @@ class Multiplexer:
                             waiter.value = reply
                             reschedule(waiter.task, waiter)
                         reply = next_reply()
+                    if before - len(pending) > 1:
+                        self._gather = True
                 # The read deadline is "timeout after the last progress" while commands
                 # wait; it is moved only when it fires, not on every reply (cheaper).
                 deadline = self._progress + timeout if pending else float("inf")
@@ -481,7 +493,7 @@ class Multiplexer:
             if self._read_scope is not None:
                 self._read_scope.deadline = self._progress + self.connection.options.timeout
         pending.append(waiter)
-        if self._writing or self._buffer:
+        if self._writing or self._buffer or self._gather:
             # the writer task sends it with the others of this batch (woken by the first)
             if not self._buffer:
                 self._wake_writer()
