@@ -106,6 +106,19 @@ async def test_process_local_members(layer: ChannelLayer) -> None:
     assert await _drain(layer, "other!") == [("other!conn1", {"text": "hi"})]
 
 
+async def test_members_of_several_processes_joined_interleaved(layer: ChannelLayer) -> None:
+    # A prefix met again after another one (members in join order a, b, a, plain, ...)
+    # still gets one message per member, and each prefix one queued item.
+    members = ["a!1", "b!1", "a!2", "plain", "a!3", "b!2", "ab!1", "a!4", "plain2", "b!3"]
+    for member in members:
+        await layer.group_add("room", member)
+    await layer.send_group("room", {"n": 1})
+    for prefix in ("a!", "b!", "ab!"):
+        assert (await layer.stats(prefix))["messages_pending"] == 1
+    got = await _drain(layer, "a!", "b!", "ab!", "plain", "plain2")
+    assert sorted(got) == sorted((member, {"n": 1}) for member in members)
+
+
 async def test_one_send_group_is_one_message_on_a_process_prefix(make_layer: Any) -> None:
     """Members of one process share their prefix's queue; one send_group reaching
     several of them is queued and capped as ONE message (as channels_redis does), so a

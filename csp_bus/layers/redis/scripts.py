@@ -139,8 +139,12 @@ local sent, dropped, dead = 0, 0, {}
 -- process-local?}. All the members of one process prefix get ONE envelope naming them
 -- all ("a!x,a!y"): one send_group is one queued item per prefix.
 local queues, order = {}, {}
+-- the last live process-local queue met: members on the same prefix (the common case,
+-- a room on one server) are appended without a lookup or a substring each
+local last, last_key, last_n = nil, nil, 0
+local find = string.find
 local function deliver(ch)
-  local bang = string.find(ch, '!', 1, true)
+  local bang = find(ch, '!', 1, true)
   local qk = ch
   if bang then qk = string.sub(ch, 1, bang) end
   local q = queues[qk]
@@ -171,11 +175,24 @@ local function deliver(ch)
     dead[#dead + 1] = ch
     dropped = dropped + 1
   elseif bang then
-    q[3][#q[3] + 1] = ch
+    local items = q[3]
+    last, last_key, last_n = q, qk, #items + 1
+    items[last_n] = ch
   elseif #q[3] < q[2] then
     q[3][#q[3] + 1] = deadline .. ch .. '\\n' .. payload
   else
     dropped = dropped + 1
+  end
+end
+local function deliver_all(list, first, n)
+  for i = first, n do
+    local ch = list[i]
+    if last and find(ch, last_key, 1, true) == 1 then
+      last_n = last_n + 1
+      last[3][last_n] = ch
+    else
+      deliver(ch)
+    end
   end
 end
 local function push_all()
@@ -213,7 +230,7 @@ SEND_GROUP = Script(
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-for _, ch in ipairs(members) do deliver(ch) end
+deliver_all(members, 1, #members)
 push_all()
 for _, ch in ipairs(dead) do leave_all(ch) end
 return {sent, dropped, #dead}
@@ -229,7 +246,7 @@ FANOUT = Script(
 """
     + _FANOUT_BODY
     + """
-for i = 8 + 2 * npatterns, #ARGV do deliver(ARGV[i]) end
+deliver_all(ARGV, 8 + 2 * npatterns, #ARGV)
 push_all()
 local result = {sent, dropped}
 for _, ch in ipairs(dead) do result[#result + 1] = ch end
