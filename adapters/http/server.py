@@ -308,6 +308,25 @@ class HTTPFront:
                 return None
 
     async def _receive(self, stream: trio.abc.Stream) -> bytes:
+        """The next bytes from the client; ``b""`` when it closed or reset."""
+        if type(stream) is trio.SocketStream:
+            # A plain TCP stream is read straight from its descriptor: wait, then one
+            # read(). receive_some() would try the read first (it fails with EAGAIN
+            # between requests: the client is waiting for our response) and then
+            # checkpoint once more after it, several Trio layers for every request.
+            fd = stream.socket.fileno()
+            if fd < 0:
+                await trio.lowlevel.checkpoint()
+                return b""
+            try:
+                while True:
+                    await trio.lowlevel.wait_readable(fd)
+                    try:
+                        return os.read(fd, _READ_SIZE)
+                    except BlockingIOError:
+                        continue
+            except (trio.ClosedResourceError, OSError):
+                return b""
         try:
             return bytes(await stream.receive_some(_READ_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -333,6 +352,7 @@ class HTTPFront:
             cycle.phase = _IDLE_PHASE
             timer.deadline = now + config.keep_alive_timeout
         cycle.first = False
+        head_started = False
         if not started:
             conn.set_idle(True, self.runtime)
         try:
@@ -356,12 +376,15 @@ class HTTPFront:
                     return event
                 if type(event) is ClientClosed or event is PAUSED:
                     return None
+                if head_started:
+                    # Set only now: a head that came whole in one read never needs it.
+                    timer.deadline = trio.current_time() + config.header_timeout
+                    head_started = False
                 data = await self._receive(stream)
                 if data and not started:
-                    started = True
+                    started = head_started = True
                     conn.set_idle(False, self.runtime)
                     cycle.phase = _HEAD_PHASE
-                    timer.deadline = trio.current_time() + config.header_timeout
                 proto.receive_data(data)
         finally:
             conn.idle = False
@@ -600,11 +623,11 @@ class HTTPFront:
                 cycle.early = message
                 await trio.lowlevel.checkpoint()  # raises Cancelled, phase FAST_WAIT
             cycle.pending = None
-            # The timer now bounds the write: a client that stops reading is cut off.
+            # The timer bounds what of the write has to wait (_write moves its deadline):
+            # a client that stops reading is cut off.
             cycle.phase = _WRITE_PHASE
-            timer.deadline = trio.current_time() + config.body_timeout
             try:
-                if not await self._write(stream, proto, head, message, state, conn, bounded=False):
+                if not await self._write(stream, proto, head, message, state, conn, timer=timer):
                     return False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._disconnected(cycle, head)
@@ -702,11 +725,12 @@ class HTTPFront:
         state: _Progress,
         conn: Connection,
         *,
-        bounded: bool = True,
+        timer: trio.CancelScope | None = None,
     ) -> bool:
         """Write one response message; False when the response cannot go on (an
         invalid message: 500 if nothing was sent yet, else the connection is cut).
-        ``bounded``: the write gets ``body_timeout`` (else the caller's scope bounds it)."""
+        What the socket does not take at once is written within ``body_timeout``: in a
+        scope of its own, or by moving the deadline of ``timer``, the caller's scope."""
         content = message.get("content", b"")
         more = bool(message.get("more_content", False))
         try:
@@ -726,10 +750,14 @@ class HTTPFront:
             return False
         if head.method != "HEAD":
             state.sent += len(content)
-        if bounded:
-            await self._send(stream, data)  # a client that stops reading is cut off
-        else:
+        data = _write_now(stream, data)
+        if not data:
+            return True
+        if timer is not None:  # the caller's scope: it bounds the rest of the write
+            timer.deadline = trio.current_time() + self.config.body_timeout
             await stream.send_all(data)
+        else:
+            await self._send(stream, data)  # a client that stops reading is cut off
         return True
 
     async def _disconnected(self, cycle: _Cycle, head: RequestHead) -> None:
@@ -863,6 +891,24 @@ class HTTPFront:
             return False
         self._log(conn, head, status, len(body) if head.method != "HEAD" else 0)
         return proto.keep_alive
+
+
+def _write_now(stream: trio.abc.Stream, data: bytes) -> bytes:
+    """Write what a plain TCP socket takes without blocking; the rest (``b""``: all
+    sent). A small response fits the socket buffer: no Trio round for it. Raises
+    ``trio.BrokenResourceError`` when the client is gone."""
+    if type(stream) is not trio.SocketStream or not data:
+        return data
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return data  # send_all raises ClosedResourceError
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        return data
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"the client is gone: {exc}") from exc
+    return data[sent:]
 
 
 async def linger_close(stream: trio.abc.Stream) -> None:
