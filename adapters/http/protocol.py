@@ -78,6 +78,17 @@ _SUPPORTED_VERSIONS: Final = frozenset({b"1.0", b"1.1"})
 # without NUL, CR, LF or leading/trailing whitespace.
 _FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+# h11's request line and header line (h11/_abnf.py), for the fast request path, limited
+# to HTTP/1.1; and where h11 finds the end of a head (h11/_receivebuffer.py).
+_REQUEST_LINE: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/1\.1")
+_HEADER_LINE: Final = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
+)
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+#: Request headers the fast request path leaves to h11 (a body, 100-continue, upgrades).
+_H11_REQUEST_HEADERS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
+)
 #: Response headers that change framing or connection handling: h11 writes those.
 _FRAMING_HEADERS: Final = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"host"}
@@ -179,7 +190,14 @@ class HTTPServerProtocol:
     """
 
     def __init__(self, *, max_header_size: int = 16 * 1024, max_body_size: int | None = None):
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        # Fast mode (see _fast_event): h11 has not seen this request cycle; the bytes
+        # wait in _buf, and _conn is made (and fed them) only when needed (_h11()).
+        self._fast = True
+        self._buf = bytearray()
+        #: the raw head of the request the fast path parsed in this cycle
+        self._fast_head: bytes | None = None
+        self._fast_end = False  # that request's BodyEnd is still to be returned
+        self._conn: h11.Connection | None = None
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self._body_received = 0
@@ -199,10 +217,15 @@ class HTTPServerProtocol:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if self._fast:
+            if data:
+                self._buf += data
+                return
+            self._h11()  # end of input: h11 tells what it means here
         if not data:
             self._eof = True
         try:
-            self._conn.receive_data(data)
+            self._h11().receive_data(data)
         except RuntimeError:
             # h11 refuses data after end of input; a well-behaved glue never does that.
             raise HTTPProtocolError("data received after end of input", 400) from None
@@ -210,12 +233,86 @@ class HTTPServerProtocol:
     @property
     def buffered(self) -> int:
         """Bytes received but not parsed yet (pipelined requests)."""
-        return len(self._conn.trailing_data[0])
+        if self._fast:
+            return len(self._buf)
+        return len(self._h11().trailing_data[0])
 
     @property
     def trailing_data(self) -> bytes:
         """Unparsed bytes, e.g. the first frames after an Upgrade request."""
-        return bytes(self._conn.trailing_data[0])
+        if self._fast:
+            return bytes(self._buf)
+        return bytes(self._h11().trailing_data[0])
+
+    def _h11(self) -> h11.Connection:
+        """The h11 connection, in the state it would have had if it had parsed this
+        cycle from the start: leaving fast mode, the request head the fast path parsed
+        (if any) is replayed into a fresh connection, then the bytes after it."""
+        conn = self._conn
+        if not self._fast:
+            assert conn is not None
+            return conn
+        conn = self._conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.max_header_size
+        )
+        self._fast = False
+        if self._fast_head is not None:
+            conn.receive_data(self._fast_head)
+            conn.next_event()  # the Request (the fast path accepts only what h11 does)
+            if not self._fast_end:
+                conn.next_event()  # its EndOfMessage, already returned
+        if self._buf:
+            conn.receive_data(bytes(self._buf))
+            self._buf = bytearray()
+        return conn
+
+    def _fast_event(self) -> Event | None:
+        """The next event of a request cycle h11 has not seen, or ``None`` when h11
+        must parse it: h11 costs several times what this does for the common request
+        (one read holding a whole HTTP/1.1 head: no body, no 100-continue, no upgrade,
+        CRLF line ends, no folded header lines). It uses h11's own grammar, so it
+        accepts a subset of what h11 accepts, with the same result; anything else goes
+        to h11 whole, which gives its answer or its error as before."""
+        if self._fast_head is not None:
+            if self._fast_end:
+                self._fast_end = False
+                return _BODY_END
+            # h11 in state DONE: PAUSED with the next request waiting, else NEED_DATA
+            return PAUSED if self._buf else NEED_DATA
+        buf = self._buf
+        if not buf:
+            return NEED_DATA
+        found = _HEAD_END.search(buf)
+        if found is None or buf[0] in (13, 10):  # h11: an empty line before the request
+            return None
+        end = found.end()
+        if buf[end - 4 : end] != b"\r\n\r\n":
+            return None
+        raw = bytes(buf[:end])
+        lines = raw[:-4].split(b"\r\n")
+        line = _REQUEST_LINE.fullmatch(lines[0])
+        if line is None:
+            return None
+        headers = []
+        hosts = 0
+        for text in lines[1:]:
+            field = _HEADER_LINE.fullmatch(text)
+            if field is None:
+                return None
+            name = field[1].lower()
+            if name in _H11_REQUEST_HEADERS:
+                return None
+            if name == b"connection" and b"close" in field[2].lower():
+                return None  # h11's state after it is MUST_CLOSE, not DONE
+            if name == b"host":
+                hosts += 1
+            headers.append((name, field[2]))
+        if hosts != 1:
+            return None  # h11's error (HTTP/1.1 needs exactly one Host)
+        del buf[:end]
+        self._fast_head = raw  # h11 would have taken the head before any error below
+        self._fast_end = True
+        return self._request_head(line[1], line[2], b"1.1", headers)
 
     @property
     def request(self) -> RequestHead | None:
@@ -226,7 +323,9 @@ class HTTPServerProtocol:
     def waiting_for_100_continue(self) -> bool:
         # h11 clears its flag when it sends the response; one written without h11
         # (start_response's fast path) ends the wait too.
-        return bool(self._conn.they_are_waiting_for_100_continue) and not self._response_started
+        if self._fast:
+            return False  # the fast path leaves requests with Expect to h11
+        return bool(self._h11().they_are_waiting_for_100_continue) and not self._response_started
 
     def next_event(self) -> Event:
         """The next event, or ``NEED_DATA``/``PAUSED``. Raises :class:`HTTPProtocolError`."""
@@ -234,7 +333,11 @@ class HTTPServerProtocol:
         if pushed is not None:
             self._pushed_back = None
             return pushed
-        conn = self._conn
+        if self._fast:
+            fast = self._fast_event()
+            if fast is not None:
+                return fast
+        conn = self._h11()
         if conn.their_state is h11.IDLE and not self._eof and not conn.trailing_data[0]:
             # Between requests with nothing received: h11 would answer NEED_DATA after a
             # full parse attempt; this is the common case of an idle keep-alive connection.
@@ -252,24 +355,36 @@ class HTTPServerProtocol:
                 raise HTTPProtocolError("request body too large", 413)
             return BodyData(data)
         if kind is h11.Request:
-            return self._request_head(event)  # type: ignore[arg-type]
+            request: h11.Request = event  # type: ignore[assignment]
+            if request.http_version not in _SUPPORTED_VERSIONS:
+                raise HTTPProtocolError(
+                    f"HTTP/{request.http_version.decode('ascii', 'replace')} is not supported",
+                    505,
+                )
+            # raw_items() is a plain list; iterating h11's Headers goes item by item
+            # through the Sequence protocol. Names lower-cased as h11 does for its copy.
+            return self._request_head(
+                request.method,
+                bytes(request.target),
+                request.http_version,
+                [(name.lower(), value) for name, value in request.headers.raw_items()],
+            )
         if kind is h11.EndOfMessage:
             return _BODY_END
         if kind is h11.ConnectionClosed:
             return _CLIENT_CLOSED
         return event  # type: ignore[return-value]  # NEED_DATA or PAUSED
 
-    def _request_head(self, event: h11.Request) -> RequestHead:
-        if event.http_version not in _SUPPORTED_VERSIONS:
-            raise HTTPProtocolError(
-                f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported", 505
-            )
-        # raw_items() is a plain list; iterating h11's Headers goes item by item through
-        # the Sequence protocol. The names are lower-cased as h11 does for its own copy.
-        headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+    def _request_head(
+        self,
+        method_bytes: bytes,
+        target: bytes,
+        http_version: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> RequestHead:
         # h11 bounds only an *incomplete* head; one that arrives whole in one read is
         # checked here, so the limit holds however the bytes were split.
-        size = len(event.target)
+        size = len(target)
         content_length: int | None = None
         chunked = False
         upgrade: str | None = None
@@ -299,18 +414,18 @@ class HTTPServerProtocol:
             raise HTTPProtocolError("request body too large", 413)
         if connection_upgrade and upgrade_token:
             upgrade = upgrade_token.split(b",")[0].split(b"/")[0].strip().lower().decode("latin-1")
-        path, query = _split_target(event.target)
-        method = event.method.decode("ascii")
-        self._method = event.method
+        path, query = _split_target(target)
+        method = method_bytes.decode("ascii")
+        self._method = method_bytes
         self._body_received = 0
         # What h11 decides for the request (h11._connection._keep_alive), conservatively:
         # "close" anywhere in a Connection header counts (the response then goes
         # through h11, which handles it exactly).
-        self._request_keep_alive = event.http_version == b"1.1" and not connection_close
+        self._request_keep_alive = http_version == b"1.1" and not connection_close
         self._head = RequestHead(
             method=method,
-            target=bytes(event.target),
-            http_version=event.http_version.decode("ascii"),
+            target=target,
+            http_version=http_version.decode("ascii"),
             headers=headers,
             path=path,
             query_string=query,
@@ -332,7 +447,7 @@ class HTTPServerProtocol:
         """``100 Continue`` if the client waits for it, else ``b""``."""
         if not self.waiting_for_100_continue:
             return b""
-        return self._conn.send(
+        return self._h11().send(
             h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
         )
 
@@ -374,8 +489,7 @@ class HTTPServerProtocol:
             and status != 204
             and status != 304
             and self._method != b"HEAD"
-            and self._conn.our_state is h11.SEND_RESPONSE
-            and self._conn.their_state is h11.DONE
+            and self._awaits_response()
         ):
             data = self._complete_response(status, pairs, content, close)
             if data is not None:
@@ -392,13 +506,21 @@ class HTTPServerProtocol:
             pairs.append((b"connection", b"close"))
         try:
             response = h11.Response(status_code=status, headers=pairs, reason=reason_phrase(status))
-            data = self._conn.send(response)
+            data = self._h11().send(response)
         except h11.LocalProtocolError as exc:
             raise InvalidResponse(f"invalid response: {exc}") from exc
         self._response_started = True
         if content or not more_content:
             data += self.send_body(content, more_content)
         return data
+
+    def _awaits_response(self) -> bool:
+        """The whole request was received and no response started (h11: their state
+        DONE, ours SEND_RESPONSE)."""
+        if self._fast:
+            return self._fast_head is not None and not self._fast_end
+        conn = self._h11()
+        return conn.our_state is h11.SEND_RESPONSE and conn.their_state is h11.DONE
 
     def _complete_response(
         self, status: int, pairs: list[tuple[bytes, bytes]], content: bytes, close: bool
@@ -440,11 +562,12 @@ class HTTPServerProtocol:
         if self._bypassed:
             raise InvalidResponse("the response was already sent")
         data = b""
+        conn = self._h11()
         try:
             if content and self._method != b"HEAD":
-                data = self._conn.send(h11.Data(data=content))
+                data = conn.send(h11.Data(data=content))
             if not more_content:
-                data += self._conn.send(h11.EndOfMessage())
+                data += conn.send(h11.EndOfMessage())
                 self._response_done = True
         except h11.LocalProtocolError as exc:
             raise InvalidResponse(f"invalid response body: {exc}") from exc
@@ -453,7 +576,10 @@ class HTTPServerProtocol:
     def error_response(self, status: int, text: str | None = None) -> bytes:
         """A complete plain-text error response with ``Connection: close``, or ``b""``
         when a response already started (then the connection can only be aborted)."""
-        if self._response_started or self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self._response_started:
+            return b""
+        conn = self._h11()
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return b""
         body = ((text or reason_phrase(status).decode("ascii")) + "\n").encode("utf-8")
         headers = [
@@ -462,12 +588,12 @@ class HTTPServerProtocol:
             (b"connection", b"close"),
         ]
         try:
-            data = self._conn.send(
+            data = conn.send(
                 h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
             )
             if self._method != b"HEAD":
-                data += self._conn.send(h11.Data(data=body))
-            data += self._conn.send(h11.EndOfMessage())
+                data += conn.send(h11.Data(data=body))
+            data += conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return b""
         self._response_started = True
@@ -479,31 +605,46 @@ class HTTPServerProtocol:
     @property
     def keep_alive(self) -> bool:
         """True when the connection can serve another request after this one."""
-        if self._must_close or self._conn.their_state is not h11.DONE:
+        if self._must_close or not self.request_complete:
             return False
-        return self._bypassed or self._conn.our_state is h11.DONE
+        return self._bypassed or self._h11().our_state is h11.DONE
 
     @property
     def request_complete(self) -> bool:
         """The client has sent the whole current request."""
-        return self._conn.their_state is h11.DONE
+        if self._fast:
+            return self._fast_head is not None and not self._fast_end
+        return self._h11().their_state is h11.DONE
 
     def start_next_cycle(self) -> None:
         """Reset for the next request (only when :attr:`keep_alive`)."""
         if self._bypassed:
-            # h11 did not see the response: the next request starts in a fresh h11
-            # connection, with the bytes already received after this request.
+            # h11 did not see the response: the next request starts in fast mode (or,
+            # after end of input, in a fresh h11 connection), with the bytes already
+            # received after this request.
             if not self.keep_alive:
                 raise h11.LocalProtocolError("not in a reusable state")
-            pending = self._conn.trailing_data[0]
-            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
-            if pending:
-                self._conn.receive_data(pending)
-            if self._eof:
-                self._conn.receive_data(b"")
+            if self._fast:
+                self._fast_head = None
+                self._fast_end = False
+            else:
+                pending = self._h11().trailing_data[0]
+                if self._eof:
+                    conn = self._conn = h11.Connection(
+                        h11.SERVER, max_incomplete_event_size=self.max_header_size
+                    )
+                    if pending:
+                        conn.receive_data(pending)
+                    conn.receive_data(b"")
+                else:
+                    self._fast = True
+                    self._fast_head = None
+                    self._fast_end = False
+                    self._conn = None
+                    self._buf = bytearray(pending)
             self._bypassed = False
         else:
-            self._conn.start_next_cycle()
+            self._h11().start_next_cycle()
         self._head = None
         self._method = b""
         self._request_keep_alive = False

@@ -394,6 +394,86 @@ def test_fast_responses_keep_pipelining_and_end_of_input() -> None:
     assert proto.next_event() == ClientClosed()
 
 
+_LINES = st.sampled_from(
+    [
+        b"Host: h",
+        b"host:h",
+        b"Host: h2",
+        b"X-A: 1",
+        b"x-a:  spaced value \t",
+        b"X-Empty:",
+        b"Connection: close",
+        b"Connection: keep-alive, Upgrade",
+        b"Upgrade: websocket",
+        b"Content-Length: 0",
+        b"Content-Length: 3",
+        b"Transfer-Encoding: chunked",
+        b"Expect: 100-continue",
+        b" folded",
+        b"Bad Name: x",
+        b"X-Nul: a\x00b",
+        b"X-Cr: a\rb",
+        b"X-Lf: a\nb",
+        b"X-Obs: caf\xc3\xa9",
+        b"",
+    ]
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    # mostly valid, so that the fast path runs often; the rest goes to h11
+    st.sampled_from([b"GET", b"GET", b"GET", b"POST", b"HEAD", b"G T", b"", b"\x00"]),
+    st.sampled_from([b"/", b"/", b"/a?b=c", b"/%7Ex%20y", b"*", b"http://h/p?q", b"/ x", b""]),
+    st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1"]),
+    st.booleans(),
+    st.lists(_LINES, max_size=4),
+    st.sampled_from([b"\r\n\r\n"] * 5 + [b"\n\n", b"\r\n\n", b"\r\n"]),
+    st.sampled_from([b"", b"abc", b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n", b"\r\n"]),
+    st.sampled_from([None, 1, 7]),
+    st.sampled_from([None, 40]),
+)
+def test_the_fast_request_path_parses_what_h11_parses(
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    host: bool,
+    lines: list[bytes],
+    end: bytes,
+    after: bytes,
+    split: int | None,
+    max_header_size: int | None,
+) -> None:
+    """Requests are parsed without h11 when they are simple: the events, the errors, the
+    response bytes and the next cycle are exactly those of h11 parsing everything."""
+    lines = [b"Host: h", *lines] if host else lines
+    data = b"\r\n".join([method + b" " + target + b" " + version, *lines]) + end + after
+    chunks = [data] if split is None else [data[:split], data[split:]]
+
+    def run(fast: bool) -> list[object]:
+        proto = HTTPServerProtocol(max_header_size=max_header_size or 1024, max_body_size=64)
+        if not fast:
+            proto._fast_event = lambda: None  # type: ignore[method-assign]
+        seen: list[object] = []
+        try:
+            for chunk in [*chunks, b""]:
+                seen.append(events(proto, chunk))
+                seen.append((proto.waiting_for_100_continue, proto.buffered))
+                if proto.request_complete and not proto.response_started:
+                    seen.append(proto.start_response(200, [(b"x", b"y")], b"ok"))
+                    seen.append(proto.keep_alive)
+                    if not proto.keep_alive:
+                        break
+                    proto.start_next_cycle()
+                    seen.append(events(proto, b""))
+                    break
+        except HTTPProtocolError as exc:
+            seen.append(("error", exc.status, proto.error_response(exc.status)))
+        return seen
+
+    assert run(True) == run(False)
+
+
 # -- hostile input ---------------------------------------------------------------------
 
 _SEEDS = [
