@@ -2,10 +2,11 @@
 
 The message format is DESIGN.md section 4 (ASGI 1.x ``http.request``). The consumer
 
-1. reads the request body: ``body``, then the chunks on ``body_channel`` (if any) into a
-   spooled temporary file (in memory up to ``FILE_UPLOAD_MAX_MEMORY_SIZE``, on disk
-   beyond), as Django's own ASGI handler does, so a slow client never holds a view and a
-   large upload never sits in memory;
+1. reads the request body: a body wholly in the message (no ``body_channel``) as it is;
+   else ``body``, then the chunks on ``body_channel`` into a spooled temporary file (in
+   memory up to ``FILE_UPLOAD_MAX_MEMORY_SIZE``, on disk beyond), as Django's own ASGI
+   handler does, so a slow client never holds a view and a large upload never sits in
+   memory;
 2. builds a real :class:`django.http.HttpRequest` (:class:`BusRequest`): method, path and
    root path (``SCRIPT_NAME``), query string, headers as ``META`` (``HTTP_*``,
    ``CONTENT_TYPE``, ``CONTENT_LENGTH``), cookies, client/server, scheme;
@@ -24,11 +25,12 @@ The message format is DESIGN.md section 4 (ASGI 1.x ``http.request``). The consu
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from django.conf import settings as django_settings
 from django.core import signals
@@ -44,6 +46,8 @@ from django.http import (
 from django.http.cookie import parse_cookie
 from django.urls import set_script_prefix
 from django.utils.functional import cached_property
+
+from csp_bus.consumers import current_context
 
 from .conf import BusSettings
 
@@ -83,18 +87,22 @@ class RequestTimeout(Exception):
 
 def read_body(
     content: Mapping[str, Any], bus: SyncBus, *, timeout: float, spool_size: int
-) -> tempfile.SpooledTemporaryFile[bytes]:
+) -> IO[bytes]:
     """The whole request body, from ``body`` and then ``body_channel``, rewound.
 
+    A body wholly in the message (no ``body_channel``) is already in memory: it is
+    read from there (``BytesIO``). A streamed one is spooled into a temporary file.
     Raises :class:`~django.core.exceptions.RequestAborted` when the server reports the
     client gone (``closed``) and :class:`RequestTimeout` when a chunk is late.
     """
+    channel = content.get("body_channel")
+    if not channel:
+        return io.BytesIO(content.get("body") or b"")
     body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
         max_size=spool_size, mode="w+b"
     )
     try:
         body.write(content.get("body") or b"")
-        channel = content.get("body_channel")
         while channel:
             got = bus.receive(channel, timeout=timeout)
             if got is None:
@@ -270,7 +278,12 @@ def encode_response(
             block = following
     if not response.streaming:
         body = response.content  # type: ignore[attr-defined]
-        pieces = list(_split(body, chunk_size)) or [b""]
+        if len(body) <= chunk_size:  # the usual case: one message
+            first["content"] = body
+            first["more_content"] = False
+            yield first
+            return
+        pieces = list(_split(body, chunk_size))
         for index, piece in enumerate(pieces):
             message = first if index == 0 else {}
             message["content"] = piece
@@ -432,8 +445,6 @@ class StaticFilesConsumer(ViewConsumer):
 
 
 def _bus_of(message: Any) -> SyncBus:
-    from csp_bus.consumers import current_context
-
     context = current_context()
     if context is None:
         raise RuntimeError(
