@@ -2,8 +2,8 @@
 
 A server process takes one process-local prefix per adapter (``http.response.<rand>!``)
 and runs **one** receive loop on it. Each connection gets a reply channel
-``prefix + <id>`` and a bounded Trio memory channel; the loop hands every message to the
-memory channel of the connection it is addressed to. Messages for connections that are
+``prefix + <id>`` and a bounded buffer; the loop hands every message to the buffer of
+the connection it is addressed to. Messages for connections that are
 gone are dropped (counted in ``dropped``).
 
 Backpressure: when a connection's buffer is full (a streamed response outrunning a slow
@@ -20,9 +20,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import TracebackType
 
+import outcome
 import trio
 
 from ..errors import BusError, LayerClosed, LayerError
@@ -48,42 +50,114 @@ class ReplyChannel:
 
     Use as a context manager (``with dispatcher.open_channel() as reply:``) so that the
     name is unregistered when the connection ends.
+
+    The buffer is a deque of at most ``buffer`` messages that only the dispatcher's task
+    fills (a Trio memory channel's send_nowait and receive_nowait cost more than the
+    rest of handing a reply over): a task waiting in :meth:`receive` is handed its
+    message directly, as a memory channel does.
     """
 
-    __slots__ = ("_dispatcher", "_receiver", "_sender", "name", "overrun", "wakeup")
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_dispatcher",
+        "_ended",
+        "_receivers",
+        "_room",
+        "_size",
+        "name",
+        "overrun",
+        "wakeup",
+    )
 
     def __init__(self, dispatcher: ReplyDispatcher, name: str, buffer: int) -> None:
         self._dispatcher = dispatcher
         self.name = name
-        self._sender, self._receiver = trio.open_memory_channel[Message](buffer)
+        self._size = buffer
+        self._buffer: deque[Message] = deque()
+        #: tasks parked in receive(), oldest first
+        self._receivers: OrderedDict[trio.lowlevel.Task, None] = OrderedDict()
+        #: set (and dropped) when a message leaves the buffer: the dispatcher waits on it
+        #: for room in a full buffer
+        self._room: trio.Event | None = None
+        self._ended = False  # cut off: nothing more comes; ReplyOverrun once drained
+        self._closed = False
         self.overrun = False
         #: called (synchronously, by the dispatcher's task) after each message is put in
         #: the buffer and when the connection is cut off: a connection that waits on its
         #: socket and its replies in one task sets it instead of parking in receive()
         self.wakeup: Callable[[], object] | None = None
 
+    def _put(self, message: Message) -> bool:
+        """The dispatcher's hand-over: False when the buffer is full."""
+        if self._closed or self._ended:
+            raise trio.BrokenResourceError
+        receivers = self._receivers
+        if receivers:
+            task = receivers.popitem(last=False)[0]
+            trio.lowlevel.reschedule(task, outcome.Value(message))
+            return True
+        buffer = self._buffer
+        if len(buffer) < self._size:
+            buffer.append(message)
+            return True
+        return False
+
+    def _end(self) -> None:
+        """Cut off: waiting receives raise ReplyOverrun (the buffer is empty then)."""
+        self._ended = True
+        self._wake_all(self._overrun_error)
+
+    def _overrun_error(self) -> ReplyOverrun:
+        return ReplyOverrun(f"{self.name}: replies arrived faster than they were sent")
+
+    def _wake_all(self, error: Callable[[], BaseException]) -> None:
+        while self._receivers:
+            task = self._receivers.popitem(last=False)[0]
+            trio.lowlevel.reschedule(task, outcome.Error(error()))
+
     async def receive(self) -> Message:
         """The next message for this connection. Raises :class:`ReplyOverrun` when the
         dispatcher cut the connection off, ``trio.ClosedResourceError`` after close."""
-        try:
-            return await self._receiver.receive()
-        except trio.EndOfChannel:
-            raise ReplyOverrun(f"{self.name}: replies arrived faster than they were sent") from None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        message = self.receive_nowait()
+        if message is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
+        task = trio.lowlevel.current_task()
+        self._receivers[task] = None
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._receivers.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     def receive_nowait(self) -> Message | None:
-        """A message already buffered, or ``None``."""
-        try:
-            return self._receiver.receive_nowait()
-        except trio.WouldBlock:
-            return None
-        except trio.EndOfChannel:
-            raise ReplyOverrun(f"{self.name}: replies arrived faster than they were sent") from None
+        """A message already buffered, or ``None``. Raises :class:`ReplyOverrun` once a
+        cut-off connection's buffer is empty, ``trio.ClosedResourceError`` after close."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        buffer = self._buffer
+        if buffer:
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+            return buffer.popleft()
+        if self._ended:
+            raise self._overrun_error()
+        return None
 
     def close(self) -> None:
         """Unregister; later messages to ``name`` are dropped. Idempotent."""
         self._dispatcher._channels.pop(self.name, None)
-        self._sender.close()
-        self._receiver.close()
+        if not self._closed:
+            self._closed = True
+            self._buffer.clear()
+            self._wake_all(trio.ClosedResourceError)
+            if self._room is not None:
+                self._room.set()
+                self._room = None
 
     def __enter__(self) -> ReplyChannel:
         return self
@@ -136,13 +210,19 @@ class ReplyDispatcher:
     async def _hand_over(self, channel: ReplyChannel, message: Message) -> None:
         """Wait up to ``overrun_timeout`` for room in a full connection buffer."""
         with trio.move_on_after(self.overrun_timeout):
-            try:
-                await channel._sender.send(message)
-                self.delivered += 1
-                if channel.wakeup is not None:
-                    channel.wakeup()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.dropped += 1
+            while True:
+                try:
+                    if channel._put(message):
+                        break
+                except trio.BrokenResourceError:
+                    self.dropped += 1  # the connection closed meanwhile
+                    return
+                if channel._room is None:
+                    channel._room = trio.Event()
+                await channel._room.wait()
+            self.delivered += 1
+            if channel.wakeup is not None:
+                channel.wakeup()
             return
         self._cut_off(channel)
 
@@ -152,7 +232,7 @@ class ReplyDispatcher:
         self.overruns += 1
         channel.overrun = True
         logger.warning("%s: connection too slow to take its replies; cutting it off", channel.name)
-        channel._sender.close()
+        channel._end()
         self._channels.pop(channel.name, None)
         if channel.wakeup is not None:
             channel.wakeup()
@@ -190,14 +270,13 @@ class ReplyDispatcher:
                         self.dropped += 1
                         continue
                     try:
-                        channel._sender.send_nowait(message)
-                    except trio.WouldBlock:
-                        if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
-                            self._cut_off(channel)
-                        else:
-                            await self._hand_over(channel, message)
-                        continue
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        if not channel._put(message):
+                            if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
+                                self._cut_off(channel)
+                            else:
+                                await self._hand_over(channel, message)
+                            continue
+                    except trio.BrokenResourceError:
                         self.dropped += 1
                         continue
                     delivered += 1
@@ -209,10 +288,9 @@ class ReplyDispatcher:
                 for name, message in messages:
                     channel = channels.get(name)
                     try:
-                        if channel is None:
-                            raise trio.WouldBlock
-                        channel._sender.send_nowait(message)
-                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        if channel is None or not channel._put(message):
+                            raise trio.BrokenResourceError
+                    except trio.BrokenResourceError:
                         self.dropped += 1
                         continue
                     delivered += 1

@@ -224,6 +224,53 @@ async def test_a_dispatcher_cancelled_mid_batch_hands_over_the_rest() -> None:
         assert dispatcher.delivered == 3
 
 
+async def test_reply_channel_waiting_receives_cancel_close_and_cut_off() -> None:
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=1, overrun_timeout=0)
+        await nursery.start(dispatcher.run)
+        reply = dispatcher.open_channel()
+        with trio.move_on_after(0.05) as scope:  # a cancelled receive takes nothing
+            await reply.receive()
+        assert scope.cancelled_caught
+        await layer.send(reply.name, {"n": 1})
+        with trio.fail_after(2):
+            assert await reply.receive() == {"n": 1}  # handed to the waiting task
+
+        async def expect(error: type[BaseException], channel: object) -> None:
+            with pytest.raises(error):
+                await channel.receive()  # type: ignore[attr-defined]
+
+        async with trio.open_nursery() as waiting:  # close wakes a waiting receive
+            waiting.start_soon(expect, trio.ClosedResourceError, reply)
+            await trio.testing.wait_all_tasks_blocked()
+            reply.close()
+        with pytest.raises(trio.ClosedResourceError):
+            reply.receive_nowait()
+        await layer.send(reply.name, {"n": 2})  # unregistered: dropped
+        slow = dispatcher.open_channel()
+        await layer.send(slow.name, {"n": 3})
+        await layer.send(slow.name, {"n": 4})  # the buffer holds one: cut off
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(2):
+            assert await slow.receive() == {"n": 3}
+            await expect(ReplyOverrun, slow)
+        assert dispatcher.dropped == 1 and dispatcher.overruns == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_buffer_takes_the_next_reply_once_read() -> None:
+    async with open_layer("memory://") as layer, trio.open_nursery() as nursery:
+        dispatcher = ReplyDispatcher(layer, "test.reply", buffer=1, overrun_timeout=5)
+        await nursery.start(dispatcher.run)
+        with dispatcher.open_channel() as reply, trio.fail_after(2):
+            for n in range(3):
+                await layer.send(reply.name, {"n": n})
+            await trio.testing.wait_all_tasks_blocked()  # the loop waits for room
+            assert [await reply.receive() for _ in range(3)] == [{"n": n} for n in range(3)]
+        assert dispatcher.delivered == 3 and dispatcher.overruns == 0
+        nursery.cancel_scope.cancel()
+
+
 def test_adapters_are_found_by_entry_point() -> None:
     assert available_adapters()["http"] == "csp_bus.adapters.http"
     http = load_adapter("http")
