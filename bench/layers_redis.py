@@ -27,7 +27,7 @@ dispatcher's task through ``ReplyChannel.wakeup`` (how the WebSocket server appl
 replies: no task wakes per member). channels_redis: each member task awaits ``receive()``
 on its own ``new_channel()``, as a Channels consumer does (its API reads one channel per
 call, so a task per member is how a group reaches its consumers). Also printed: csp-bus
-with a task per member fed through the dispatcher's memory channels, csp-bus with 1,000
+with a task per member fed through the dispatcher's reply buffers, csp-bus with 1,000
 tasks each in ``receive(prefix)``, and every system read by one task (csp-bus: the receive
 loop alone; channels_redis: one task receiving the channels one after another).
 
@@ -147,7 +147,7 @@ async def csp_group(url: str, members: int) -> dict[str, float]:
       member a connection whose ``wakeup`` hook takes its message in the dispatcher's
       task (as the WebSocket glue does); until every member has taken its message;
     * ``group_tasks_ms``: the same dispatcher handing each message to its member's task
-      through a bounded Trio memory channel (a connection parked in ``receive()``);
+      through its bounded reply buffer (a connection parked in ``receive()``);
     * ``group_waiters_ms``: ``members`` tasks each in ``receive(prefix)``;
     * ``group_one_task_ms``: one task receives them all (the receive loop alone).
     """
