@@ -259,13 +259,18 @@ def _cell(values: list[float], unit: str = "", digits: int = 0) -> str:
     return f"{_median(values):{f}}{unit} ({min(values):{f}}-{max(values):{f}})"
 
 
-def bench_redis(runs: int = RUNS, group_only: bool = False) -> None:
+def bench_redis(runs: int = RUNS, group_only: bool = False, pairs_only: bool = False) -> None:
     with private_redis(SERVER_CORE) as (port, _):
-        figures = _measure(port, runs, group_only)
-    report(figures, runs, group_only)
+        figures = _measure(port, runs, group_only, pairs_only)
+    if pairs_only:
+        report_pairs(figures)
+    else:
+        report(figures, runs, group_only)
 
 
-def _measure(port: int, runs: int, group_only: bool) -> dict[str, list[float]]:
+def _measure(
+    port: int, runs: int, group_only: bool, pairs_only: bool = False
+) -> dict[str, list[float]]:
     # generous timeouts: on a shared, overloaded VM a pinned server can stall for seconds
     base = f"redis://127.0.0.1:{port}/0?prefix=bench&capacity=100000&timeout=30&connect_timeout=10"
     group_url = base + "&channel_capacity=bench.g.*:20000"
@@ -294,6 +299,8 @@ def _measure(port: int, runs: int, group_only: bool) -> dict[str, list[float]]:
                 for kind in ("reply", "plain", "server"):
                     name = f"csp.pairs{count}.{kind}"
                     add(name, measure(name, trio.run, csp_pairs, base, count, per_pair, kind))
+        if pairs_only:
+            continue
         for members in (1000, 10_000):
             result = measure("group", trio.run, csp_group, group_url, members)
             add(f"csp.group{members}", result["group_ms"])
@@ -381,9 +388,12 @@ def report(figures: dict[str, list[float]], runs: int, group_only: bool = False)
         "    channels_redis: each member task awaits its own new_channel() (a Channels\n"
         "    consumer; the layer itself runs one loop per prefix feeding per-channel queues)."
     )
-    if group_only:
-        return
-    ceiling = m("ceiling")
+    if not group_only:
+        report_pairs(figures)
+
+
+def report_pairs(figures: dict[str, list[float]]) -> None:
+    ceiling = _median(figures["ceiling"])
     print("\n-- csp-bus pairs by channel kind (msg/s) and the redis-benchmark ceiling")
     print(f"{'redis-benchmark -c 50 -P 1 LPUSH':<34}{_cell(figures['ceiling']):>24} req/s")
     for count in (10, 50):
@@ -395,7 +405,7 @@ def report(figures: dict[str, list[float]], runs: int, group_only: bool = False)
             name = f"csp.pairs{count}.{kind}"
             print(
                 f"{f'{count} pairs, {text}':<34}{_cell(figures[name]):>24}"
-                f"   {m(name) / ceiling:.2f} of the ceiling"
+                f"   {_median(figures[name]) / ceiling:.2f} of the ceiling"
             )
 
 
@@ -405,8 +415,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--group-only", action="store_true", help="only the send_group figures")
+    parser.add_argument(
+        "--pairs-only", action="store_true", help="only csp-bus's pairs and the ceiling"
+    )
     args = parser.parse_args()
-    bench_redis(args.runs, args.group_only)
+    bench_redis(args.runs, args.group_only, args.pairs_only)
 
 
 if __name__ == "__main__":
