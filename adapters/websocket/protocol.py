@@ -329,6 +329,7 @@ class PerMessageDeflate(Extension):
         self._compressor: Any = None
         self._decompressor: Any = None
         self._control = False
+        self._in_message = False
         self._inbound_compressed = False
         self._inbound_size = 0
 
@@ -356,6 +357,14 @@ class PerMessageDeflate(Extension):
             if rsv.rsv1:
                 return CloseReason.PROTOCOL_ERROR
         else:
+            if self._in_message:
+                # RFC 6455 section 5.4: a new message before the last one's final
+                # fragment. Answered here, as wsproto's message decoder would (1002),
+                # before its payload reaches the inflater (which could answer 1007
+                # first when the payload arrives whole). wsproto may call this hook
+                # again for the same header (when the mask key is still missing), so
+                # the flag changes only when a frame completes.
+                return CloseReason.PROTOCOL_ERROR
             self._inbound_compressed = rsv.rsv1
             self._inbound_size = 0
             if rsv.rsv1 and self._decompressor is None:
@@ -379,7 +388,10 @@ class PerMessageDeflate(Extension):
         return self._inflate(data)
 
     def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
-        if self._control or not fin or not self._inbound_compressed:
+        if self._control:
+            return None
+        self._in_message = not fin
+        if not fin or not self._inbound_compressed:
             return None
         # RFC 7692 section 7.2.2: append the 4 octets 0x00 0x00 0xff 0xff.
         out = self._inflate(b"\x00\x00\xff\xff")

@@ -23,7 +23,7 @@ from csp_bus.adapters.websocket.protocol import (
     WebSocketConnection,
     WebSocketProtocolError,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import Request
@@ -154,6 +154,9 @@ def encode(frame: tuple[int, bool, int, bytes, str], masked: bool) -> bytes:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(frames, max_size=8), st.booleans(), st.integers(0, 20))
+# Found by hypothesis: a new compressed TEXT frame before the last one's final fragment
+# was inflated (1007 when it came whole) before the 1002 it gets one byte at a time.
+@example([(1, False, 0, b"", "short"), (1, False, 0x40, b"\x00" * 5, "short")], True, 2)
 def test_hostile_frames(frame_list: list[Any], deflate: bool, unmasked_at: int) -> None:
     data = b"".join(encode(f, masked=i != unmasked_at) for i, f in enumerate(frame_list))
     check_both_ways(lambda: accepted_server(deflate)[0], data, CLOSE_CODES)
@@ -194,3 +197,14 @@ def test_hostile_replies_apply_or_raise_invalid_reply(
     if out := server.data_to_send():
         client.receive_data(out)
         list(client.events())  # what the server wrote is valid WebSocket (or HTTP)
+
+
+def test_new_message_inside_a_compressed_message_is_a_protocol_error() -> None:
+    # A TEXT frame while a compressed message still waits for its final fragment: 1002,
+    # whether or not its payload would inflate, and however the bytes arrive.
+    first = (1, False, 0x40, b"\x02\x00", "short")
+    for payload in (b"\x00" * 5, b"\x02\x00"):
+        data = b"".join(encode(f, masked=True) for f in (first, (1, True, 0x40, payload, "short")))
+        for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+            events, error = run(accepted_server(True)[0], chunks)
+            assert error == 1002, (payload, len(chunks), events)
