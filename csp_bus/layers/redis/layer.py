@@ -52,6 +52,7 @@ from ..base import ChannelLayer
 from .client import (
     Connection,
     RedisNode,
+    RedisReplyError,
     SentinelResolver,
     StaticResolver,
     _reply_error,
@@ -405,18 +406,21 @@ class RedisLayer(ChannelLayer):
         try:
             deadline = int(envelope[:13])
             newline = envelope.index(b"\n", 13)
-            channels = envelope[13:newline].decode("ascii").split(",")
+            names = envelope[13:newline].decode("ascii")
         except (ValueError, UnicodeDecodeError):
             log.warning("dropped a malformed envelope from Redis: %r", envelope[:80])
             self._expired += 1
             return None
+        # one channel (a send) is the common case: no split, nothing to reverse
+        channels = names.split(",") if "," in names else [names]
         if deadline <= now:
             self._expired += len(channels)
             for channel in channels:
                 if "!" in channel:
                     self._dead.add(channel)
             return None
-        channels.reverse()
+        if len(channels) > 1:
+            channels.reverse()
         return [deadline, channels, envelope[newline + 1 :]]
 
     @staticmethod
@@ -502,8 +506,14 @@ class RedisLayer(ChannelLayer):
             stamp,
             self._ttl_arg,
         )
+        node = self._node(key)
         try:
-            done = await SEND.run_packed(self._node(key), command)
+            try:  # SEND.run_packed, inlined: the hot path
+                done = await node.submit(command, "EVALSHA")
+            except RedisReplyError as exc:
+                if exc.code != "NOSCRIPT":
+                    raise
+                done = await SEND.load_and_run(node, command)
         except LayerError as exc:
             if self._closed:
                 raise self._closed_error(exc) from exc
@@ -512,6 +522,22 @@ class RedisLayer(ChannelLayer):
             self._full += 1
             raise ChannelFull(channel, capacity)
         self._sent += 1
+
+    async def send_wait(
+        self,
+        channel: str,
+        message: Message,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - as ChannelLayer.send_wait
+    ) -> None:
+        # The common case, room at once, without the generic loop's frame (when full,
+        # the wait for room starts after this first round trip).
+        try:
+            return await self.send(channel, message)
+        except ChannelFull:
+            if timeout is not None and timeout <= 0:
+                raise
+        await super().send_wait(channel, message, timeout=timeout)
 
     # -- receiving -----------------------------------------------------------------------
 

@@ -77,6 +77,10 @@ class Script:
         except RedisReplyError as exc:
             if exc.code != "NOSCRIPT":
                 raise
+        return await self.load_and_run(node, command)
+
+    async def load_and_run(self, node: RedisNode, command: bytes) -> Any:
+        """After ``NOSCRIPT``: load the script, then run ``command`` (packed) again."""
         await node.execute("SCRIPT", "LOAD", self.source)
         return await node.submit(command, "EVALSHA")
 
