@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from csp_bus.errors import LayerTimeout, LayerUnavailable
 from csp_bus.layers.redis.client import (
@@ -270,3 +271,45 @@ async def test_unix_socket(redis_servers: Any, tmp_path: Path) -> None:
     connection = await Connection.open(Endpoint(path=str(path)), ConnectOptions())
     assert await connection.call("PING") == b"PONG"
     await connection.aclose()
+
+
+class _ScriptedStream(trio.abc.Stream):
+    """A stream whose reads are fed by the test (the reader's wake-up is under its control)."""
+
+    def __init__(self) -> None:
+        self.feed, self._reads = trio.open_memory_channel[bytes](10)
+
+    async def send_all(self, data: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._reads.receive()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_close_while_the_reader_is_handed_its_bytes_fails_each_waiter_once() -> None:
+    # close() runs after the reader's read got the replies but before the reader task
+    # resumed: the waiters close() already failed must not be handed the replies too.
+    stream = _ScriptedStream()
+    mux = Multiplexer(Connection(stream, Endpoint(port=1), ConnectOptions(timeout=30)))
+    errors: list[BaseException] = []
+
+    async def ping() -> None:
+        try:
+            await mux.execute("PING")
+        except LayerUnavailable as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mux.run)
+        nursery.start_soon(ping)
+        nursery.start_soon(ping)
+        await trio.testing.wait_all_tasks_blocked()
+        stream.feed.send_nowait(b"+PONG\r\n+PONG\r\n")  # the reader is now runnable ...
+        mux.close()  # ... and the connection closes before it runs
+    assert len(errors) == 2

@@ -432,6 +432,10 @@ class Multiplexer:
                     self._read_scope = scope
                     await connection.receive_some()
                 self._read_scope = None
+                if self._error is not None:
+                    # Broken (close() or the writer) while these bytes were on their way
+                    # to us: _break already failed every waiter, the replies are no one's.
+                    return
                 if (
                     scope.cancelled_caught
                     and pending
