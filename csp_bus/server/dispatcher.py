@@ -207,22 +207,33 @@ class ReplyDispatcher:
     def __len__(self) -> int:
         return len(self._channels)
 
+    def _offer(self, name: str, message: Message) -> ReplyChannel | None:
+        """Put ``message`` in its connection's buffer and wake the connection, without
+        waiting. Returns the channel when its buffer is full; a message for a closed or
+        unknown connection is counted as dropped."""
+        channel = self._channels.get(name)
+        if channel is None:
+            self.dropped += 1
+            return None
+        try:
+            if not channel._put(message):
+                return channel
+        except trio.BrokenResourceError:
+            self.dropped += 1
+            return None
+        self.delivered += 1
+        if channel.wakeup is not None:
+            channel.wakeup()
+        return None
+
     async def _hand_over(self, channel: ReplyChannel, message: Message) -> None:
         """Wait up to ``overrun_timeout`` for room in a full connection buffer."""
         with trio.move_on_after(self.overrun_timeout):
-            while True:
-                try:
-                    if channel._put(message):
-                        break
-                except trio.BrokenResourceError:
-                    self.dropped += 1  # the connection closed meanwhile
-                    return
+            # _offer counts a connection that closed meanwhile as dropped
+            while self._offer(channel.name, message) is not None:
                 if channel._room is None:
                     channel._room = trio.Event()
                 await channel._room.wait()
-            self.delivered += 1
-            if channel.wakeup is not None:
-                channel.wakeup()
             return
         self._cut_off(channel)
 
@@ -244,7 +255,6 @@ class ReplyDispatcher:
         a growing pause; it never stops the server.
         """
         task_status.started()
-        channels = self._channels
         receive_many = self.layer.receive_many
         prefix = self.prefix
         backoff = 0.0
@@ -262,40 +272,18 @@ class ReplyDispatcher:
             # No await per message: the whole batch is handed over in this task unless a
             # connection's buffer is full (then _hand_over waits for it).
             messages = iter(batch)
-            delivered = 0
             try:
                 for name, message in messages:
-                    channel = channels.get(name)
-                    if channel is None:
-                        self.dropped += 1
-                        continue
-                    try:
-                        if not channel._put(message):
-                            if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
-                                self._cut_off(channel)
-                            else:
-                                await self._hand_over(channel, message)
-                            continue
-                    except trio.BrokenResourceError:
-                        self.dropped += 1
-                        continue
-                    delivered += 1
-                    if channel.wakeup is not None:
-                        channel.wakeup()
+                    full = self._offer(name, message)
+                    if full is not None:
+                        if self.overrun_timeout <= 0 or math.isnan(self.overrun_timeout):
+                            self._cut_off(full)
+                        else:
+                            await self._hand_over(full, message)
             except BaseException:
                 # Cancelled while waiting for a slow connection: what is left of the
                 # batch goes to the connections with room (nothing else can take it).
                 for name, message in messages:
-                    channel = channels.get(name)
-                    try:
-                        if channel is None or not channel._put(message):
-                            raise trio.BrokenResourceError
-                    except trio.BrokenResourceError:
+                    if self._offer(name, message) is not None:
                         self.dropped += 1
-                        continue
-                    delivered += 1
-                    if channel.wakeup is not None:
-                        channel.wakeup()
                 raise
-            finally:
-                self.delivered += delivered
