@@ -291,8 +291,8 @@ class HTTPServerProtocol:
         raw = bytes(buf[:end])
         lines = raw[:-4].split(b"\r\n")
         line = _REQUEST_LINE.fullmatch(lines[0])
-        if line is None:
-            return None
+        if line is None or line[1] == b"CONNECT":
+            return None  # h11's error, or CONNECT: a protocol switch in h11
         headers = []
         hosts = 0
         for text in lines[1:]:

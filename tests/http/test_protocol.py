@@ -22,7 +22,7 @@ from csp_bus.adapters.http.protocol import (
     reason_phrase,
     request_message,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from csp_bus.errors import RemoteProtocolError
@@ -423,7 +423,7 @@ _LINES = st.sampled_from(
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     # mostly valid, so that the fast path runs often; the rest goes to h11
-    st.sampled_from([b"GET", b"GET", b"GET", b"POST", b"HEAD", b"G T", b"", b"\x00"]),
+    st.sampled_from([b"GET", b"GET", b"GET", b"POST", b"HEAD", b"CONNECT", b"G T", b"", b"\x00"]),
     st.sampled_from([b"/", b"/", b"/a?b=c", b"/%7Ex%20y", b"*", b"http://h/p?q", b"/ x", b""]),
     st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1"]),
     st.booleans(),
@@ -433,6 +433,8 @@ _LINES = st.sampled_from(
     st.sampled_from([None, 1, 7]),
     st.sampled_from([None, 40]),
 )
+# CONNECT switches protocols in h11 (no content with its 2xx, no further parsing)
+@example(b"CONNECT", b"h:443", b"HTTP/1.1", True, [], b"\r\n\r\n", b"abc", None, None)
 def test_the_fast_request_path_parses_what_h11_parses(
     method: bytes,
     target: bytes,
