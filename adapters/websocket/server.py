@@ -374,20 +374,24 @@ class _Session:
                         self.registered_deadline = deadline
                         timekeeper.add(deadline, self)
                     self.parked = True
+                    closed = False
                     try:
                         if inline and not eof and not self.draining:
-                            # (closed under us: the read below then sees the end)
-                            with contextlib.suppress(trio.ClosedResourceError):
+                            try:
                                 await trio.lowlevel.wait_readable(fd)
+                            except trio.ClosedResourceError:
+                                # closed under us: the end of input, and no read of a
+                                # descriptor number the process may have reused already
+                                closed = True
                         else:
                             await trio.sleep_forever()
                     finally:
                         self.parked = False
                     try:
-                        data = os.read(fd, _READ_SIZE)
+                        data = b"" if closed else os.read(fd, _READ_SIZE)
                     except BlockingIOError:
                         continue
-                    except OSError:  # reset by the peer, closed
+                    except OSError:  # reset by the peer
                         data = b""
                     if not data:
                         eof = True
