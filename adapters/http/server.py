@@ -746,6 +746,8 @@ class HTTPFront:
             logger.error("%s %s: %s", head.method, head.path, exc)
             state.failed = True
             if not proto.response_started:
+                if timer is not None:  # the 500 gets a write's time, not what was left
+                    timer.deadline = trio.current_time() + self.config.body_timeout
                 await self._send_error(stream, proto, 500, conn, head)
             return False
         if head.method != "HEAD":
