@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import trio
 import trio.testing
@@ -66,13 +67,40 @@ async def test_concurrent_commands_are_pipelined_and_matched_in_order(
         mux.close()
 
 
-async def test_callers_woken_by_one_read_send_their_next_commands_in_one_write(
-    redis_server: tuple[str, int],
-) -> None:
-    # 50 tasks, each 20 commands one after another: every round of replies wakes them
-    # together, and their next commands must leave in ONE write (the writer's), not one
-    # written alone by the first caller plus one for the rest (about 2 per round).
-    connection = await Connection.open(endpoint_of(redis_server), ConnectOptions())
+class _ScriptedStream(trio.abc.Stream):
+    """A stream whose reads are fed by the test (the reader's wake-up is under its control)."""
+
+    def __init__(self) -> None:
+        self.feed, self._reads = trio.open_memory_channel[bytes](10)
+        self.commands = hiredis.Reader()  # what the client wrote, parsed
+
+    async def send_all(self, data: Any) -> None:
+        self.commands.feed(bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    def echo_all(self) -> None:
+        """Answer every ECHO written so far, in one read."""
+        replies = b""
+        while (command := self.commands.gets()) is not False:
+            replies += b"$%d\r\n%s\r\n" % (len(command[1]), command[1])
+        self.feed.send_nowait(replies)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._reads.receive()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_callers_woken_by_one_read_send_their_next_commands_in_one_write() -> None:
+    # 50 tasks, each 20 commands one after another, all of a round answered in one read:
+    # the read wakes them together, and their next commands must leave in ONE write (the
+    # writer's), not one written alone by the first caller plus one for the rest.
+    stream = _ScriptedStream()
+    connection = Connection(stream, Endpoint(port=1), ConnectOptions(timeout=30))
     writes = count_writes(connection)
     mux = Multiplexer(connection)
     async with trio.open_nursery() as nursery:
@@ -85,7 +113,13 @@ async def test_callers_woken_by_one_read_send_their_next_commands_in_one_write(
         async with trio.open_nursery() as tasks:
             for n in range(50):
                 tasks.start_soon(one, n)
-        assert writes[0] <= 25  # 20 rounds (measured: 21; 34-40 before)
+            await trio.testing.wait_all_tasks_blocked()
+            first_round = writes[0]  # the first caller alone, then the writer: 2
+            for _ in range(20):
+                stream.echo_all()
+                await trio.testing.wait_all_tasks_blocked()
+        assert first_round <= 2
+        assert writes[0] == first_round + 19  # one write per later round (two before)
         mux.close()
 
 
@@ -268,25 +302,6 @@ async def test_unix_socket(redis_servers: Any, tmp_path: Path) -> None:
     connection = await Connection.open(Endpoint(path=str(path)), ConnectOptions())
     assert await connection.call("PING") == b"PONG"
     await connection.aclose()
-
-
-class _ScriptedStream(trio.abc.Stream):
-    """A stream whose reads are fed by the test (the reader's wake-up is under its control)."""
-
-    def __init__(self) -> None:
-        self.feed, self._reads = trio.open_memory_channel[bytes](10)
-
-    async def send_all(self, data: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self._reads.receive()
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 async def test_close_while_the_reader_is_handed_its_bytes_fails_each_waiter_once() -> None:
