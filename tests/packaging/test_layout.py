@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -66,7 +67,20 @@ def test_install_modes_both_map_adapters(tmp_path: Path, editable: bool) -> None
     )
     # The venv's python runs the pip of this environment and installs into the venv.
     args = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
-    args += ["-e", str(ROOT)] if editable else [str(ROOT)]
+    if editable:
+        args += ["-e", str(ROOT)]
+    else:
+        # A regular install builds in the source tree (build/, csp_bus.egg-info): build a
+        # copy, or the checkout's own metadata would change for the next test run.
+        source = tmp_path / "src"
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv*", "bench", "tests", "build", "*.egg-info", "__pycache__"
+            ),
+        )
+        args.append(str(source))
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
